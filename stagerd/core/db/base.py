@@ -1,0 +1,69 @@
+"""The interface every database backend implements."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Protocol
+
+
+class Connection(Protocol):
+    def execute(self, sql: str, params: Any = ...) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Database:
+    """One database server or file, as named by a URL.
+
+    Subclasses set ``dialect`` and ``param`` and implement the methods that
+    raise NotImplementedError here.
+    """
+
+    dialect: str = ""
+    param: str = "?"
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def identity(self) -> str:
+        """What names this database without secrets, to compare two configs."""
+        raise NotImplementedError
+
+    def quote(self, name: str) -> str:
+        raise NotImplementedError
+
+    def table(self, schema: str, table: str) -> str:
+        """The quoted, schema-qualified name of a table."""
+        raise NotImplementedError
+
+    def create_schema(self, conn: Any, schema: str) -> None:
+        raise NotImplementedError
+
+    def table_exists(self, conn: Any, schema: str, table: str) -> bool:
+        raise NotImplementedError
+
+    def is_duplicate(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def execute(self, conn: Any, sql: str, params: Any = ()) -> Any:
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        """BEGIN ... COMMIT, rolled back when the block raises."""
+        self.begin(conn)
+        try:
+            yield conn
+        except BaseException:
+            self.rollback(conn)
+            raise
+        conn.commit()
+
+    def begin(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def rollback(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.rollback()
