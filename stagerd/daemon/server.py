@@ -91,6 +91,7 @@ class Daemon:
         self._server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     # Life cycle.
 
@@ -159,11 +160,18 @@ class Daemon:
 
     async def close(self) -> None:
         log.info("stopping pending=%d", len(self.pending))
+        if self._server is not None:
+            self._server.close()
+        # Closing a connection ends its handler normally; cancelling the
+        # handler instead trips asyncio's stream callback on Python 3.11.
+        for conn in self._connections.values():
+            conn.close()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=5)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
-            self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.config.socket_path.unlink()
         await asyncio.to_thread(self.writer.close)
@@ -229,6 +237,9 @@ class Daemon:
         pid, uid, _ = owners.peer_credentials(sock)
         peer = Peer(pid, uid)
         log.debug("connection pid=%d uid=%d", pid, uid)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
         try:
             while True:
                 message = await self._read(reader, writer)
@@ -240,8 +251,9 @@ class Daemon:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            del self._connections[task]
             writer.close()
-            if peer.attached:
+            if peer.attached and not self._stop.is_set():
                 self._spawn(self._check_soon(set(peer.attached)))
 
     async def _read(

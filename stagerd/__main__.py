@@ -1,0 +1,5 @@
+"""``python -m stagerd`` is the ``stagerd`` command."""
+
+from stagerd.cli import main
+
+main()

@@ -1,0 +1,215 @@
+"""Fixtures: a deployment in a temp dir, a real daemon process, real clients.
+
+Every test gets its own config file, state dir, SQLite database and object
+folder. The daemon runs as ``python -m stagerd serve`` in a subprocess and
+client scripts run as their own processes, so kills are real kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stagerd_client
+from stagerd.core import protocol
+
+HERE = Path(__file__).parent
+
+
+class Deployment:
+    """One host's worth of config, state and storage under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "run" / "stagerd.sock"
+        self.state = root / "state"
+        self.objects = root / "objects"
+        self.database = root / "lab.db"
+        self.config = root / "stagerd.toml"
+        self.write_config()
+
+    def write_config(self, extra: str = "") -> None:
+        self.config.write_text(textwrap.dedent(f"""\
+            [daemon]
+            socket = "{self.socket}"
+            state_dir = "{self.state}"
+            [database]
+            url = "sqlite:///{self.database}"
+            [stores.default]
+            url = "file://{self.objects}"
+            [client]
+            reconnect_s = 10
+            """) + extra)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "STAGERD_CONFIG": str(self.config)}
+
+    def files(self) -> list[str]:
+        """Every file in the object store, relative to its root."""
+        if not self.objects.exists():
+            return []
+        return sorted(
+            str(p.relative_to(self.objects))
+            for p in self.objects.rglob("*")
+            if p.is_file()
+        )
+
+    def status(self) -> dict[str, Any]:
+        return protocol.call(self.socket, "status")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "stagerd", *args, "--config", str(self.config)],
+            capture_output=True, text=True, env=self.env, timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"stagerd {args} failed:\n{result.stderr}")
+        return result
+
+
+class DaemonProcess:
+    """``stagerd serve`` in a subprocess, with its log collected."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.proc: subprocess.Popen | None = None
+        self.log: list[str] = []
+
+    def start(self) -> DaemonProcess:
+        d = self.deployment
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stagerd", "serve", "--config", str(d.config),
+             "--log-level", "debug"],
+            stderr=subprocess.PIPE, text=True, env=d.env,
+        )
+        threading.Thread(target=self._collect, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("daemon exited:\n" + "\n".join(self.log))
+            try:
+                protocol.call(d.socket, "status")
+                return self
+            except (OSError, stagerd_client.StagerdError):
+                time.sleep(0.05)
+        raise AssertionError("daemon did not answer within 20 s")
+
+    def _collect(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            self.log.append(line.rstrip())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+        return self.proc.returncode
+
+    def logged(self, text: str) -> list[str]:
+        return [line for line in self.log if text in line]
+
+
+class Client:
+    """A client script in its own process, talking back through stdout."""
+
+    def __init__(self, deployment: Deployment, code: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=deployment.env,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def expect(self, marker: str, timeout: float = 30) -> str:
+        """Read stdout until a line starts with ``marker``; that line."""
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(
+                    f"client exited before {marker!r}: {self.proc.stderr.read()}"
+                )
+            if line.startswith(marker):
+                return line.strip()
+        raise AssertionError(f"client did not print {marker!r}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Deployment:
+    return Deployment(tmp_path)
+
+
+@pytest.fixture
+def daemon(deployment: Deployment):
+    proc = DaemonProcess(deployment).start()
+    yield proc
+    code = proc.stop()
+    assert code in (0, -signal.SIGKILL), "\n".join(proc.log)
+    errors = proc.logged("level=ERROR")
+    assert not errors, "\n".join(errors)
+
+
+@pytest.fixture
+def client_config(deployment: Deployment):
+    """Point this process's stagerd_client at the test deployment."""
+    stagerd_client.config.load(deployment.config)
+    yield stagerd_client.config
+    stagerd_client.config.load(deployment.config)
+
+
+@pytest.fixture
+def spawn(deployment: Deployment):
+    clients: list[Client] = []
+
+    def make(code: str) -> Client:
+        clients.append(Client(deployment, code))
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        if c.proc.poll() is None:
+            c.proc.kill()
+        c.proc.wait(10)
+        for stream in (c.proc.stdout, c.proc.stderr):
+            if stream:
+                stream.close()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, indent=1, default=str)

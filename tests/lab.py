@@ -1,0 +1,47 @@
+"""The tables the tests use, declared anew for each deployment."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import stagerd_client as dj
+
+
+def declare(name: str = "imaging") -> SimpleNamespace:
+    schema = dj.Schema(name)
+
+    @schema
+    class ImagingSession(dj.Manual):
+        definition = """
+        # the reference page's quick-start table
+        subject_id : int32
+        session_id : int32
+        ---
+        n_frames   : int32
+        frame_rate : float32
+        frames     : <object@>
+        """
+
+    @schema
+    class Recording(dj.Manual):
+        definition = """
+        recording_id : varchar(255)
+        ---
+        raw = null : <object@>
+        notes = "" : varchar(255)
+        """
+
+    @schema
+    class Subject(dj.Manual):
+        definition = """
+        subject_id : int32
+        ---
+        species : varchar(32)
+        """
+
+    return SimpleNamespace(
+        schema=schema,
+        ImagingSession=ImagingSession,
+        Recording=Recording,
+        Subject=Subject,
+    )
