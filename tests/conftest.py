@@ -38,7 +38,7 @@ class Deployment:
         self.config = root / "stagerd.toml"
         self.write_config()
 
-    def write_config(self, extra: str = "") -> None:
+    def write_config(self, extra: str = "", reconnect_s: float = 10) -> None:
         self.config.write_text(textwrap.dedent(f"""\
             [daemon]
             socket = "{self.socket}"
@@ -48,7 +48,7 @@ class Deployment:
             [stores.default]
             url = "file://{self.objects}"
             [client]
-            reconnect_s = 10
+            reconnect_s = {reconnect_s}
             """) + extra)
 
     @property

@@ -233,3 +233,28 @@ def test_verify_reports_tampering(lab, deployment):
     victim.unlink()
     with pytest.raises(dj.IntegrityError, match="missing"):
         ref.verify()
+
+
+@pytest.mark.parametrize("value", ["../..", "/", "%2F", "..", "a\x00b\n\x1b", "x/../y"])
+def test_hostile_key_values_stay_inside_the_store(lab, deployment, value):
+    with lab.Recording.staged_insert1 as staged:
+        staged.rec["recording_id"] = value
+        with staged.open("raw", ".bin") as f:
+            f.write(b"inside")
+    ref = (lab.Recording & {"recording_id": value}).fetch1()["raw"]
+    table_dir = (deployment.objects / "_schema/imaging/recording").resolve()
+    written = (deployment.objects / ref.path).resolve()
+    assert written.is_relative_to(table_dir) and written.read_bytes() == b"inside"
+    assert [p.name for p in deployment.root.iterdir()] != []
+    assert all(f.startswith("_schema/imaging/recording/") for f in deployment.files())
+
+
+def test_slash_and_its_escape_get_different_paths(lab, deployment):
+    for value in ("/", "%2F"):
+        with lab.Recording.staged_insert1 as staged:
+            staged.rec["recording_id"] = value
+            with staged.open("raw", ".bin") as f:
+                f.write(value.encode())
+    refs = [r["raw"] for r in lab.Recording.to_dicts()]
+    assert len({r.path.rsplit("/", 1)[0] for r in refs}) == 2
+    assert sorted(r.read() for r in refs) == [b"%2F", b"/"]

@@ -87,7 +87,10 @@ def _text(value: Any) -> str:
 
 def encode_value(value: Any) -> str:
     """Encode one key value as a single, safe path segment."""
+    # quote() always leaves "." and "~" alone; escape them too, so no ".."
+    # survives and "~" is free to mark a hashed segment.
     text = urllib.parse.quote(_text(value), safe=_SAFE)
+    text = text.replace(".", "%2E").replace("~", "%7E")
     if len(text) > _MAX_SEGMENT:
         digest = hashlib.sha256(text.encode()).hexdigest()[:32]
         text = f"{text[:_MAX_SEGMENT - 34]}~{digest}"
