@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def daemon_link(config: Config) -> Link:
-    return link(config.socket_path, float(config.get("client.reconnect_s", RECONNECT_S)))
+    reconnect_s = float(config.get("client.reconnect_s", RECONNECT_S))
+    return link(config.socket_path, reconnect_s)
 
 
 def request_fields(table: Any) -> dict[str, Any]:
@@ -85,10 +86,12 @@ class StagedInsert:
         self.state = "new"
         self.intent: str | None = None
         self._config: Config = table.schema.config
-        self._objects: dict[str, tuple[Store, str, str]] = {}  # field -> store, path, ext
+        # field -> (store, path, ext) of each object registered so far
+        self._objects: dict[str, tuple[Store, str, str]] = {}
 
     def __repr__(self) -> str:
-        return f"<StagedInsert {self.table.table_name} {self.state} intent={self.intent}>"
+        table, state = self.table.table_name, self.state
+        return f"<StagedInsert {table} {state} intent={self.intent}>"
 
     def __enter__(self) -> StagedInsert:
         if self.state != "new":

@@ -25,6 +25,30 @@ from stagerd.core import protocol
 
 HERE = Path(__file__).parent
 
+# A client that stages one object of Recording, prints HOLDING and its
+# intent, then lives on; {close} may close its daemon connection first.
+HOLDER = """
+import sys, time
+sys.path.insert(0, {here!r})
+import stagerd_client as dj
+from lab import declare
+from stagerd_client.staged import daemon_link
+
+lab = declare()
+staged = lab.Recording.staged_insert1.__enter__()
+staged.rec["recording_id"] = "held"
+with staged.open("raw", ".bin") as f:
+    f.write(b"partial")
+if {close}:
+    daemon_link(dj.config).close()
+print("HOLDING", staged.intent, flush=True)
+time.sleep(600)
+"""
+
+
+def holder(close: bool = False) -> str:
+    return HOLDER.format(here=str(HERE), close=close)
+
 
 class Deployment:
     """One host's worth of config, state and storage under ``root``."""

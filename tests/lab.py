@@ -39,8 +39,17 @@ def declare(name: str = "imaging") -> SimpleNamespace:
         species : varchar(32)
         """
 
+    @schema
+    class Raw(dj.Manual):
+        definition = """
+        raw_id : int32
+        ---
+        data : <object@raw>       # a store the test config leaves out
+        """
+
     return SimpleNamespace(
         schema=schema,
+        Raw=Raw,
         ImagingSession=ImagingSession,
         Recording=Recording,
         Subject=Subject,

@@ -12,21 +12,9 @@ import textwrap
 
 import pytest
 
-from conftest import HERE, DaemonProcess, wait_until
+from conftest import HERE, DaemonProcess, holder, wait_until
 
-HOLDER = f"""
-import sys, time
-sys.path.insert(0, {str(HERE)!r})
-from lab import declare
-
-lab = declare()
-staged = lab.Recording.staged_insert1.__enter__()
-staged.rec["recording_id"] = "held"
-with staged.open("raw", ".bin") as f:
-    f.write(b"partial")
-print("HOLDING", staged.intent, flush=True)
-time.sleep(600)
-"""
+HOLDER = holder()
 
 
 def test_status_without_daemon_is_one_line_and_exit_1(deployment):

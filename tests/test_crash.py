@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import HERE, DaemonProcess, wait_until
+from conftest import HERE, DaemonProcess, holder, wait_until
 
 WRITER = f"""
 import os, sys, time
@@ -139,23 +139,8 @@ def test_commit_while_daemon_down_is_kept(deployment, daemon, writer):
 
 
 def test_live_owner_without_connection_is_not_resolved(deployment, daemon, spawn):
-    client = spawn(f"""
-        import sys, time
-        sys.path.insert(0, {str(HERE)!r})
-        from lab import declare
-        from stagerd_client.staged import daemon_link
-        import stagerd_client as dj
-
-        lab = declare()
-        staged = lab.Recording.staged_insert1.__enter__()
-        staged.rec["recording_id"] = "held"
-        with staged.open("raw", ".bin") as f:
-            f.write(b"data")
-        daemon_link(dj.config).close()  # the socket closes; the process lives
-        print("CLOSED", flush=True)
-        time.sleep(600)
-    """)
-    client.expect("CLOSED")
+    client = spawn(holder(close=True))  # the socket closes; the process lives
+    client.expect("HOLDING")
     time.sleep(1.0)  # four sweeps
     assert deployment.files() and len(deployment.status()["pending"]) == 1
     client.kill(signal.SIGKILL)

@@ -150,18 +150,8 @@ def test_primary_key_incomplete_names_missing(lab):
 
 
 def test_store_not_configured_names_store_and_config(lab, deployment):
-    schema = dj.Schema("imaging")
-
-    @schema
-    class Raw(dj.Manual):
-        definition = """
-        raw_id : int32
-        ---
-        data : <object@raw>
-        """
-
     with pytest.raises(dj.ConfigError) as info:
-        with Raw.staged_insert1 as staged:
+        with lab.Raw.staged_insert1 as staged:
             staged.rec["raw_id"] = 1
             staged.open("data", ".bin")
     assert "'raw'" in str(info.value) and str(deployment.config) in str(info.value)
@@ -192,19 +182,9 @@ def test_daemon_not_reachable_says_how_to_start(client_config, deployment):
 
 def test_config_override_in_code(lab, deployment, client_config, tmp_path):
     client_config["stores.raw.url"] = f"file://{tmp_path / 'raw'}"
-    schema = dj.Schema("imaging")
-
-    @schema
-    class Raw(dj.Manual):
-        definition = """
-        raw_id : int32
-        ---
-        data : <object@raw>
-        """
-
     # The daemon's config has no store 'raw': it refuses, and says why.
     with pytest.raises(dj.ConfigError, match="daemon: store 'raw'"):
-        with Raw.staged_insert1 as staged:
+        with lab.Raw.staged_insert1 as staged:
             staged.rec["raw_id"] = 1
             staged.open("data", ".bin")
 
@@ -216,7 +196,8 @@ def test_delete_removes_rows_and_objects(lab, deployment):
             with staged.open("raw", ".bin") as f:
                 f.write(bytes(100 * (i + 1)))
     assert len(deployment.files()) == 3
-    assert (lab.Recording & [{"recording_id": "r0"}, {"recording_id": "r2"}]).delete() == 2
+    doomed = lab.Recording & [{"recording_id": "r0"}, {"recording_id": "r2"}]
+    assert doomed.delete() == 2
     assert [k["recording_id"] for k in lab.Recording.keys()] == ["r1"]
     assert len(deployment.files()) == 1
     assert lab.Recording.fetch1()["raw"].verify()

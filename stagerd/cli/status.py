@@ -31,7 +31,9 @@ def status(config_path: str | None, as_json: bool) -> None:
 
     d = reply["daemon"]
     counts = ", ".join(f"{n} {state}" for state, n in sorted(reply["counts"].items()))
-    click.echo(f"stagerd pid {d['pid']}, up {d['uptime_s']:.0f} s, socket {d['socket']}")
+    click.echo(
+        f"stagerd pid {d['pid']}, up {d['uptime_s']:.0f} s, socket {d['socket']}"
+    )
     click.echo(f"database {d['database']}")
     click.echo(f"intents: {counts or 'none yet'}")
     pending = reply["pending"]

@@ -45,6 +45,10 @@ def default_values() -> dict[str, Any]:
     else:
         runtime = Path(platformdirs.user_runtime_dir(APP))
         state = Path(platformdirs.user_state_dir(APP))
+        if not runtime.parent.is_dir():
+            # No per-user runtime dir (no XDG_RUNTIME_DIR, no logind session):
+            # keep the socket beside the state, where the user may write.
+            runtime = state / "run"
     return {
         "daemon": {
             "socket": str(runtime / "stagerd.sock"),
