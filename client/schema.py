@@ -47,7 +47,8 @@ class Schema:
     def db(self) -> Database:
         url = self.config.database_url
         if self._db is None or self._url != url:
-            self._db, self._url = connect_db(url), url
+            self._db = connect_db(url, self.config.database_password_file)
+            self._url = url
             self._ready = False
         return self._db
 
@@ -58,10 +59,11 @@ class Schema:
         if getattr(local, "key", None) != (os.getpid(), self._url):
             local.conn = db.connect()
             local.key = (os.getpid(), self._url)
+        else:
+            db.revive(local.conn)
         if not self._ready:
             db.create_schema(local.conn, self.name)
-            with db.transaction(local.conn):
-                ledger.ensure(db, local.conn, self.name)
+            ledger.ensure(db, local.conn, self.name)
             self._ready = True
         return local.conn
 

@@ -151,6 +151,10 @@ class Config:
     def database_url(self) -> str:
         return str(self["database.url"])
 
+    @property
+    def database_password_file(self) -> str | None:
+        return self.get("database.password_file")
+
     def store(self, name: str) -> StoreConfig:
         """The store called ``name``, following ``default = "other"`` aliases."""
         stores = self.get("stores", {})

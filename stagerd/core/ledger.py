@@ -86,8 +86,9 @@ def decide(db: Database, schema: str, intent_id: str, table: str) -> str:
     """
     conn = db.connect()
     try:
+        # MySQL commits implicitly at CREATE TABLE: do it before the fence.
+        ensure(db, conn, schema)
         with db.transaction(conn):
-            ensure(db, conn, schema)
             outcome = read(db, conn, schema, intent_id)
             if outcome is None:
                 record(db, conn, schema, intent_id, ABORTED, table)

@@ -14,7 +14,7 @@ from stagerd.core.errors import ConfigError
 __all__ = ["Database", "connect"]
 
 
-def connect(url: str) -> Database:
+def connect(url: str, password_file: str | None = None) -> Database:
     """The database a ``[database] url`` names."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
@@ -22,12 +22,10 @@ def connect(url: str) -> Database:
 
         return SQLiteDatabase(url)
     if scheme in ("mysql", "mariadb"):
-        # TODO(mysql): MySQL/MariaDB through pymysql; until then a mysql://
-        # url is refused here rather than failing later inside a commit.
-        raise ConfigError(
-            f"database url {scheme}://...: MySQL/MariaDB is not supported by this "
-            "version of stagerd; use sqlite:///path/to/file.db"
-        )
+        from stagerd.core.db.mysql import MySQLDatabase
+
+        return MySQLDatabase(url, password_file)
+    # The URL may hold a password: name the scheme only.
     raise ConfigError(
-        f"database url must start with sqlite:// or mysql://, got {url!r}"
+        f"database url must start with sqlite:// or mysql://, got {scheme}://..."
     )

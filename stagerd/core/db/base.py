@@ -59,10 +59,17 @@ class Database:
         except BaseException:
             self.rollback(conn)
             raise
+        self.commit(conn)
+
+    def commit(self, conn: Any) -> None:
+        """COMMIT; OutcomeUnknown if the connection broke during it."""
         conn.commit()
 
     def begin(self, conn: Any) -> None:
         raise NotImplementedError
+
+    def revive(self, conn: Any) -> None:
+        """Reconnect a connection the server dropped; local files never drop."""
 
     def rollback(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
