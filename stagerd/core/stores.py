@@ -4,13 +4,30 @@ Everything here speaks in paths relative to the store root, the paths the
 layout module makes. A store describes an object (one listing gives its
 size, file count and manifest) and deletes one (idempotently, then prunes
 the empty folders a local store would otherwise keep forever).
+
+Object stores such as S3 (s3fs) differ from a local folder in three ways
+this module hides:
+
+* Listings are cached per filesystem instance, and other instances (zarr
+  makes its own async copy of the filesystem, other processes write too)
+  change the store behind that cache. Every call that asks whether or what
+  is there drops the cached listings of its path first.
+* Their files cannot seek while writing, and h5py must. ``open`` for
+  writing returns a local spool file that is uploaded on close.
+* Their client libraries raise their own connection errors (botocore,
+  aiohttp), which are not ``OSError``. Each comes out as ``StoreError``,
+  which the daemon treats as "retry later".
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import logging
+import os
 import posixpath
+import sys
+import tempfile
 from typing import Any
 
 import fsspec
@@ -19,9 +36,32 @@ from fsspec.implementations.local import LocalFileSystem
 from stagerd.core.config import StoreConfig
 from stagerd.core.errors import ConfigError, StoreError
 
-__all__ = ["Store", "describe_listing"]
+__all__ = ["Store", "SpoolFile", "describe_listing"]
 
 log = logging.getLogger(__name__)
+
+# Client-library errors that are not OSError, by module. They are only
+# looked up once their module is loaded, so a local store loads none.
+_CLIENT_ERRORS = {
+    "botocore.exceptions": ("BotoCoreError", "ClientError"),
+    "aiohttp": ("ClientError",),
+}
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a store operation can raise when the store (not the caller) failed.
+
+    s3fs passes botocore's connection errors (``EndpointConnectionError``,
+    ``ConnectTimeoutError``...) through untranslated; they derive from
+    ``BotoCoreError``, not ``OSError``.
+    """
+    errors: list[type[BaseException]] = [OSError]
+    for module_name, names in _CLIENT_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            errors.extend(getattr(module, name) for name in names
+                          if hasattr(module, name))
+    return tuple(errors)
 
 
 def describe_listing(
@@ -70,26 +110,81 @@ class Store:
     def full(self, rel: str) -> str:
         """The filesystem path of ``rel``, refusing anything that escapes."""
         norm = posixpath.normpath(rel)
-        if rel.startswith("/") or norm != rel or norm.startswith(".."):
+        # "." is clean but names the store root: delete(".") would empty it.
+        # fsspec's rm and find treat *, ? and [ as wildcards: never pass one.
+        if (rel.startswith("/") or norm != rel or norm.startswith("..")
+                or norm == "." or any(c in rel for c in "*?[")):
             raise StoreError(f"path {rel!r} is not a clean path inside store "
                              f"{self.name!r}")
         return f"{self.root}/{rel}"
+
+    def _forget(self, full: str) -> None:
+        """Drop cached listings of ``full`` and its parents.
+
+        s3fs answers ``exists``/``info`` from its listings cache (the path's
+        own entry or its parent's) when it has one, and zarr, other Store
+        instances and other processes write behind it.
+        """
+        self.fs.invalidate_cache(full)
+
+    def _failed(self, what: str, rel: str, e: BaseException) -> StoreError:
+        return StoreError(f"store {self.name!r} ({self.url}): cannot {what} "
+                          f"{rel}: {type(e).__name__}: {e}")
 
     def mapper(self, rel: str) -> fsspec.FSMap:
         return self.fs.get_mapper(self.full(rel))
 
     def open(self, rel: str, mode: str = "rb", **kwargs: Any) -> Any:
-        return self.fs.open(self.full(rel), mode, **kwargs)
+        """A file at ``rel``; on a non-local store, writing goes to a spool.
+
+        Files of object stores cannot seek while writing, and h5py seeks.
+        So a mode that writes (``w``, ``x``, ``a``, ``+``) on a non-local
+        store returns a ``SpoolFile``: a local temporary file, uploaded to
+        ``rel`` when it is closed. That costs a local copy the size of the
+        object in the temp dir (``$TMPDIR``) until close, and the upload
+        time at close; nothing reaches the store before. Read modes, and
+        every mode on a local store, open the file itself.
+        """
+        full = self.full(rel)
+        if self.is_local:
+            return self.fs.open(full, mode, **kwargs)
+        if not any(c in mode for c in "wxa+"):
+            self._forget(full)
+            try:
+                return self.fs.open(full, mode, **kwargs)
+            except FileNotFoundError:
+                raise  # an answer about the path, not a failure of the store
+            except _store_errors() as e:
+                raise self._failed("open", rel, e) from e
+        text = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline")
+                if k in kwargs}
+        if kwargs:
+            raise TypeError(f"store {self.name!r}: open({mode!r}) of a spooled "
+                            f"file takes no {', '.join(sorted(kwargs))}")
+        spool = SpoolFile(self, rel, mode)
+        if "b" in mode:
+            return spool
+        return _SpoolText(spool, **text)
 
     def describe(self, rel: str, ext: str) -> dict[str, Any] | None:
-        """The row metadata of the object at ``rel``; None if nothing is there."""
+        """The row metadata of the object at ``rel``; None if nothing is there.
+
+        One listing of everything under ``rel`` (paginated by the store), not
+        a request per file; on S3 a single file costs one more HEAD request.
+        """
         full = self.full(rel)
         try:
+            self._forget(full)
             listing = self.fs.find(full, detail=True, withdirs=False)
         except FileNotFoundError:
             listing = {}
-        except OSError as e:
-            raise StoreError(f"store {self.name!r}: cannot list {rel}: {e}") from e
+        except _store_errors() as e:
+            raise self._failed("list", rel, e) from e
+        # s3fs's find falls back to info() when its listing is empty, and
+        # info() may name the path a directory: without files, nothing is
+        # there either.
+        listing = {name: info for name, info in listing.items()
+                   if info.get("type") != "directory"}
         if not listing:
             return None
         size, count, is_dir, manifest = describe_listing(listing, full)
@@ -105,24 +200,35 @@ class Store:
         }
 
     def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.full(rel)))
-
-    def delete(self, rel: str) -> None:
-        """Delete the object at ``rel``; nothing there is success too."""
         full = self.full(rel)
         try:
-            if self.fs.exists(full):
-                self.fs.rm(full, recursive=True)
+            self._forget(full)
+            return bool(self.fs.exists(full))
+        except _store_errors() as e:
+            raise self._failed("check", rel, e) from e
+
+    def delete(self, rel: str) -> None:
+        """Delete the object at ``rel``, file or folder; nothing there is success.
+
+        Raises StoreError if the store fails or the object is still there
+        afterwards; calling again finishes a deletion that stopped halfway.
+        """
+        full = self.full(rel)
+        try:
+            self._forget(full)
+            # On S3, s3fs's rm(recursive=True) lists the prefix once and sends
+            # DeleteObjects requests of up to 1000 keys each (S3FileSystem._rm
+            # and _bulk_delete in s3fs 2026.9). It ignores the per-key errors
+            # in their replies, so only the check below notices keys left.
+            self.fs.rm(full, recursive=True)
         except FileNotFoundError:
             pass
-        except OSError as e:
-            raise StoreError(
-                f"store {self.name!r}: cannot delete {rel}: {e}"
-            ) from e
-        # Caches would report the object as present on the next listing.
-        self.fs.invalidate_cache(full)
-        if self.fs.exists(full):
-            raise StoreError(f"store {self.name!r}: {rel} still exists after rm")
+        except _store_errors() as e:
+            raise self._failed("delete", rel, e) from e
+        if self.exists(rel):
+            raise StoreError(f"store {self.name!r} ({self.url}): {rel} still "
+                             "exists after deleting it")
+        log.debug("deleted store=%s path=%s", self.name, rel)
         if self.is_local:
             self._prune(rel)
 
@@ -141,3 +247,109 @@ class Store:
                 return  # not empty, or already gone: stop climbing
             log.debug("pruned empty folder store=%s path=%s", self.name, parent)
             parent = posixpath.dirname(parent)
+
+
+class SpoolFile(io.BufferedRandom):
+    """A local temporary file that becomes the store's file at ``rel`` on close.
+
+    Readable, writable and seekable, as h5py needs, whatever the write mode.
+    ``close()`` uploads it with the filesystem's ``put_file`` (a multipart
+    upload on S3 for large files) and removes the local copy, also when the
+    upload fails; that failure raises StoreError naming the store and path.
+    An exception that leaves a ``with`` block discards the data instead of
+    uploading it: the staged insert around it aborts anyway, and a Ctrl+C
+    should not wait for an upload. A spool still open at interpreter exit
+    is discarded too. The local copy lives in the temp dir (``$TMPDIR``)
+    and is as large as the object.
+    """
+
+    _ready = False  # until the buffer exists; __del__ runs after a failed init
+
+    def __init__(self, store: Store, rel: str, mode: str) -> None:
+        self.store = store
+        self.rel = rel
+        self.path = store.full(rel)
+        fd, self.local_path = tempfile.mkstemp(prefix="stagerd-spool-")
+        try:
+            os.close(fd)
+            if "x" in mode and store.exists(rel):
+                raise FileExistsError(f"store {store.name!r}: {rel} exists")
+            if "a" in mode or "r" in mode:
+                self._fetch(mode)
+            raw = io.FileIO(self.local_path, "a+" if "a" in mode else "r+")
+            super().__init__(raw)
+            self._ready = True
+        except BaseException:
+            os.unlink(self.local_path)
+            raise
+
+    def _fetch(self, mode: str) -> None:
+        """Start from the stored file, for appending or updating in place."""
+        try:
+            self.store.fs.get_file(self.path, self.local_path)
+        except FileNotFoundError:
+            if "r" in mode:
+                raise
+        except _store_errors() as e:
+            raise self.store._failed("fetch", self.rel, e) from e
+
+    def __repr__(self) -> str:
+        return f"<SpoolFile {self.store.name}:{self.rel} at {self.local_path}>"
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()
+            self.store.fs.put_file(self.local_path, self.path)
+        except _store_errors() as e:
+            raise self.store._failed("upload", self.rel, e) from e
+        finally:
+            self._unlink()
+
+    def discard(self) -> None:
+        """Close without uploading; the store keeps whatever it had."""
+        if not self.closed:
+            try:
+                super().close()
+            finally:
+                self._unlink()
+
+    def _unlink(self) -> None:
+        try:
+            os.unlink(self.local_path)
+        except FileNotFoundError:
+            pass
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    def __del__(self) -> None:
+        # IOBase's finalizer closes, and so uploads. At interpreter exit
+        # fsspec's IO thread no longer runs and that upload would wait for
+        # it forever: the process would hang instead of exiting.
+        if not self._ready:
+            return
+        if not self.closed and sys.is_finalizing():
+            self.discard()
+            return
+        super().__del__()
+
+
+class _SpoolText(io.TextIOWrapper):
+    """Text mode over a SpoolFile; an exception discards it just the same."""
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.buffer.discard()
+        self.close()
+
+    def __del__(self) -> None:
+        # As SpoolFile.__del__: closing would upload, and hang, at exit.
+        if not self.closed and sys.is_finalizing():
+            self.buffer.discard()
+            return
+        super().__del__()
