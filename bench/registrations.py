@@ -57,7 +57,7 @@ def register_many(sock: Path, root: Path, n: int, conns: int) -> tuple[float, in
     fields = {
         "schema": "bench", "table": "t", "field": "f", "ext": ".bin",
         "store": "default", "store_url": f"file://{root}/objects",
-        "database": f"sqlite:///{root}/lab.db",
+        "database": f"sqlite:///{root.resolve()}/lab.db",
     }
 
     def work(c: int) -> None:

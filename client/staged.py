@@ -183,6 +183,7 @@ class StagedInsert:
         for field, (store, path, ext) in self._objects.items():
             meta = store.describe(path, ext)
             if meta is None:
+                self._check_not_fenced()
                 self._abort()
                 raise StagingError(
                     f"nothing was written to staged field {field!r} ({path}); "
@@ -200,6 +201,17 @@ class StagedInsert:
             raise
         self.state = "committed"
         daemon_link(self._config).finish("commit", self.intent)
+
+    def _check_not_fenced(self) -> None:
+        """Raise DecisionConflict if the daemon already decided this intent."""
+        schema = self.table.schema
+        outcome = ledger.read(schema.db, schema.connection(), schema.name, self.intent)
+        if outcome == ledger.ABORTED:
+            self.state = "aborted"
+            raise DecisionConflict(
+                f"intent {self.intent} was already decided aborted (the daemon "
+                "fenced it) and its objects removed; the row was not inserted"
+            )
 
     def _insert(self, objects: dict[str, Any]) -> None:
         schema = self.table.schema
@@ -221,17 +233,16 @@ class StagedInsert:
             db.rollback(conn)
             raise
         try:
-            conn.commit()
-        except Exception as e:
-            # TODO(mysql): tell a lost connection (unknown outcome) from a
-            # refused commit; SQLite reports only the latter, and rolls back.
-            if getattr(conn, "in_transaction", False):
-                db.rollback(conn)
-                raise
+            db.commit(conn)
+        except OutcomeUnknown as e:
             raise OutcomeUnknown(
-                f"the database did not confirm the commit of intent {self.intent}: "
-                f"{e}. Nothing was deleted; the daemon decides it from the ledger"
+                f"the database did not confirm the commit of intent {self.intent} "
+                f"({e}). Nothing was deleted; the daemon decides it from the "
+                "decision record once this process has exited"
             ) from e
+        except BaseException:
+            db.rollback(conn)
+            raise
 
     def _abort(self) -> None:
         if self.state in ("aborted", "committed"):

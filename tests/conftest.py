@@ -1,8 +1,11 @@
 """Fixtures: a deployment in a temp dir, a real daemon process, real clients.
 
-Every test gets its own config file, state dir, SQLite database and object
-folder. The daemon runs as ``python -m stagerd serve`` in a subprocess and
-client scripts run as their own processes, so kills are real kills.
+Every test gets its own config file, state dir, database and object store.
+The database is a SQLite file or a throwaway MariaDB server; the store is
+a local folder or a bucket on a moto S3 server process. A test module opts
+into every pair with ``pytestmark = ALL_BACKENDS``. The daemon runs as
+``python -m stagerd serve`` in a subprocess and client scripts run as their
+own processes, so kills are real kills.
 """
 
 from __future__ import annotations
@@ -19,11 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 import stagerd_client
-from stagerd.core import protocol
+from mariadb import MariaDB, available, reachable
+from s3server import make_bucket, s3_options, start_moto, stop_moto
+from stagerd.core import ledger, protocol
+from stagerd.core.config import StoreConfig
+from stagerd.core.db import connect as connect_db
+from stagerd.core.stores import Store
 
 HERE = Path(__file__).parent
+
+PAIRS = [("sqlite", "file"), ("sqlite", "s3"), ("mariadb", "file"), ("mariadb", "s3")]
+ALL_BACKENDS = pytest.mark.parametrize(
+    "backend", PAIRS, indirect=True, ids=[f"{d}-{s}" for d, s in PAIRS]
+)
 
 # A client that stages one object of Recording, prints HOLDING and its
 # intent, then lives on; {close} may close its daemon connection first.
@@ -53,27 +67,42 @@ def holder(close: bool = False) -> str:
 class Deployment:
     """One host's worth of config, state and storage under ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, database_url: str | None = None,
+        s3_endpoint: str | None = None,
+    ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.socket = root / "run" / "stagerd.sock"
         self.state = root / "state"
         self.objects = root / "objects"
         self.database = root / "lab.db"
         self.config = root / "stagerd.toml"
+        self.database_url = database_url or f"sqlite:///{self.database}"
+        if s3_endpoint is None:
+            self.store_kind = "file"
+            self.store_url, self.store_options = f"file://{self.objects}", {}
+        else:
+            self.store_kind = "s3"
+            bucket = f"stagerd-{root.name.lower().replace('_', '-')[-40:]}"
+            make_bucket(s3_endpoint, bucket)
+            self.store_url = f"s3://{bucket}/objects"
+            self.store_options = s3_options(s3_endpoint)
+        self.store = Store(StoreConfig("default", self.store_url, self.store_options))
+        self.db = connect_db(self.database_url)
         self.write_config()
 
-    def write_config(self, extra: str = "", reconnect_s: float = 10) -> None:
-        self.config.write_text(textwrap.dedent(f"""\
-            [daemon]
-            socket = "{self.socket}"
-            state_dir = "{self.state}"
-            [database]
-            url = "sqlite:///{self.database}"
-            [stores.default]
-            url = "file://{self.objects}"
-            [client]
-            reconnect_s = {reconnect_s}
-            """) + extra)
+    def write_config(self, reconnect_s: float = 10, **extra: dict) -> None:
+        values = {
+            "daemon": {"socket": str(self.socket), "state_dir": str(self.state)},
+            "database": {"url": self.database_url},
+            "stores": {"default": {"url": self.store_url,
+                                   "options": self.store_options}},
+            "client": {"reconnect_s": reconnect_s},
+        }
+        for section, table in extra.items():
+            values.setdefault(section, {}).update(table)
+        self.config.write_text(tomli_w.dumps(values))
 
     @property
     def env(self) -> dict[str, str]:
@@ -81,13 +110,30 @@ class Deployment:
 
     def files(self) -> list[str]:
         """Every file in the object store, relative to its root."""
-        if not self.objects.exists():
+        root = self.store.root
+        self.store.fs.invalidate_cache()
+        try:
+            found = self.store.fs.find(root)
+        except FileNotFoundError:
             return []
-        return sorted(
-            str(p.relative_to(self.objects))
-            for p in self.objects.rglob("*")
-            if p.is_file()
+        return sorted(name[len(root) + 1:] for name in found)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        conn = self.db.connect()
+        try:
+            return [tuple(r) for r in self.db.execute(conn, sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    def rows(self, schema: str, table: str) -> list[tuple]:
+        return self.query(f"SELECT * FROM {self.db.table(schema, table)}")
+
+    def decision(self, schema: str, intent: str) -> str | None:
+        found = self.query(
+            f"SELECT outcome FROM {self.db.table(schema, ledger.TABLE)} "
+            f"WHERE intent_id = {self.db.param}", (intent,),
         )
+        return found[0][0] if found else None
 
     def status(self) -> dict[str, Any]:
         return protocol.call(self.socket, "status")
@@ -185,9 +231,49 @@ class Client:
         return self.proc.returncode, out, err
 
 
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory):
+    """One throwaway MariaDB for the session; CI fails without one."""
+    if not available():
+        reason = "mariadbd and mariadb-install-db are not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs MariaDB: {reason}")
+        if not reachable():
+            pytest.skip(f"no MariaDB: {reason}, and none at 127.0.0.1:3306")
+        yield None  # the machine's own server; tests use their own schemas
+        return
+    server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    proc, endpoint = start_moto()
+    yield endpoint
+    stop_moto(proc)
+
+
 @pytest.fixture
-def deployment(tmp_path: Path) -> Deployment:
-    return Deployment(tmp_path)
+def backend(request) -> tuple[str, str]:
+    return getattr(request, "param", ("sqlite", "file"))
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, backend, request) -> Deployment:
+    database, store = backend
+    database_url = s3 = None
+    if database == "mariadb":
+        server = request.getfixturevalue("mariadb_server")
+        if server is None:
+            # TODO(shared-mariadb): tests on the machine's own server would
+            # drop its databases; only a throwaway server is used for now.
+            pytest.fail("MariaDB tests need mariadbd to start a throwaway server")
+        server.reset()
+        database_url = server.url
+    if store == "s3":
+        s3 = request.getfixturevalue("moto_endpoint")
+    return Deployment(tmp_path, database_url, s3)
 
 
 @pytest.fixture

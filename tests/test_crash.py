@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 
 import pytest
 
-from conftest import HERE, DaemonProcess, holder, wait_until
+from conftest import ALL_BACKENDS, HERE, DaemonProcess, holder, wait_until
+
+pytestmark = ALL_BACKENDS
 
 WRITER = f"""
 import os, sys, time
@@ -46,17 +47,11 @@ def writer(deployment, spawn, monkeypatch):
 
 
 def rows(deployment) -> list[tuple]:
-    with sqlite3.connect(deployment.database) as conn:
-        return conn.execute('SELECT * FROM "imaging.imaging_session"').fetchall()
+    return deployment.rows("imaging", "imaging_session")
 
 
 def decision(deployment, intent: str) -> str | None:
-    with sqlite3.connect(deployment.database) as conn:
-        row = conn.execute(
-            'SELECT outcome FROM "imaging.~stagerd_ledger" WHERE intent_id = ?',
-            (intent,),
-        ).fetchone()
-    return row and row[0]
+    return deployment.decision("imaging", intent)
 
 
 def test_sigkill_client_mid_write_is_cleaned_within_2s(deployment, daemon, writer):

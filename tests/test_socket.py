@@ -83,8 +83,8 @@ def fields(deployment, **over):
     base = {
         "schema": "imaging", "table": "recording", "key": {"recording_id": "a"},
         "field": "raw", "ext": ".bin", "store": "default",
-        "store_url": f"file://{deployment.objects}",
-        "database": f"sqlite:///{deployment.database}",
+        "store_url": deployment.store_url,
+        "database": deployment.db.identity,
     }
     return {**base, **over}
 
@@ -116,7 +116,7 @@ def test_delete_refuses_paths_no_committed_insert_made(deployment, daemon):
         with pytest.raises((ProtocolError, StagingError, OSError)):
             protocol.call(
                 deployment.socket, "delete", schema="imaging", table="recording",
-                database=f"sqlite:///{deployment.database}",
+                database=deployment.db.identity,
                 objects=[{"store": "default", "path": path}],
             )
     assert victim.read_text() == "keep me"

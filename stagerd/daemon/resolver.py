@@ -56,6 +56,10 @@ class Resolver:
         self._locks: dict[str, asyncio.Lock] = {}
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        # Intents whose finishing failed, with the fence flag to retry with:
+        # an abort its live owner asked for is retried without waiting for
+        # the owner to die.
+        self.retrying: dict[str, bool] = {}
 
     def busy(self, intent_id: str) -> bool:
         lock = self._locks.get(intent_id)
@@ -78,13 +82,17 @@ class Resolver:
             try:
                 outcome = await self._outcome(intent, fence)
                 if outcome is None:
+                    # Undecided and no fence asked: the owner decides.
+                    self.retrying.pop(intent.id, None)
                     return None
                 await self._apply(intent, outcome)
             except Exception as e:
+                self.retrying[intent.id] = fence
                 await self._failed(intent, e)
                 raise
             self._failures.pop(intent.id, None)
             self._retry_at.pop(intent.id, None)
+            self.retrying.pop(intent.id, None)
             self._locks.pop(intent.id, None)
             return intent.state
 

@@ -83,7 +83,9 @@ def take_lock(state_dir: Path) -> Any:
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.db: Database = connect_db(config.database_url)
+        self.db: Database = connect_db(
+            config.database_url, config.database_password_file
+        )
         self.started = time.time()
         self.pending: dict[str, Intent] = {}
         self._stores: dict[str, Store] = {}
@@ -195,21 +197,22 @@ class Daemon:
         ``force`` retries failed intents now instead of after their backoff.
         """
         current = owners.boot_id()
-        dead = [
+        retrying = self.resolver.retrying
+        due = [
             intent
             for intent in list(self.pending.values())
             if not self.resolver.busy(intent.id)
             and (force or self.resolver.due(intent.id))
-            and not intent.owner.is_alive(current)
+            and (intent.id in retrying or not intent.owner.is_alive(current))
         ]
         results = await asyncio.gather(
-            *(self._resolve(intent) for intent in dead)
+            *(self._resolve(i, retrying.get(i.id, True)) for i in due)
         )
         return [r for r in results if r is not None]
 
-    async def _resolve(self, intent: Intent) -> dict[str, Any] | None:
+    async def _resolve(self, intent: Intent, fence: bool = True) -> dict[str, Any]:
         try:
-            state = await self.resolver.finish(intent, fence=True)
+            state = await self.resolver.finish(intent, fence=fence)
         except Exception as e:
             return {"id": intent.id, "state": PENDING, "error": str(e)}
         return {"id": intent.id, "state": state}
