@@ -12,6 +12,7 @@ catch either the precise stagerd error or the ordinary Python family::
     ├── MissingRowError        (LookupError)   fetch1 found no row
     ├── ProtocolError          (ValueError)    malformed socket message
     ├── DaemonUnavailable      (ConnectionError) no daemon at the socket
+    ├── DatabaseUnavailable    (ConnectionError) database server unreachable
     ├── DaemonError            (RuntimeError)  the daemon refused a request
     │   └── NotOwnerError      (PermissionError) intent belongs to another uid
     ├── DecisionConflict       (RuntimeError)  the intent was decided otherwise
@@ -34,6 +35,7 @@ __all__ = [
     "MissingRowError",
     "ProtocolError",
     "DaemonUnavailable",
+    "DatabaseUnavailable",
     "DaemonError",
     "NotOwnerError",
     "DecisionConflict",
@@ -82,6 +84,10 @@ class ProtocolError(StagerdError, ValueError):
 
 class DaemonUnavailable(StagerdError, ConnectionError):
     """No stagerd daemon answers at the configured socket."""
+
+
+class DatabaseUnavailable(StagerdError, ConnectionError):
+    """The database server cannot be reached."""
 
 
 class DaemonError(StagerdError, RuntimeError):

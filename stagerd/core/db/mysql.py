@@ -21,7 +21,7 @@ from typing import Any
 import pymysql
 
 from stagerd.core.db.base import Database
-from stagerd.core.errors import ConfigError, OutcomeUnknown, StagerdError
+from stagerd.core.errors import ConfigError, DatabaseUnavailable, OutcomeUnknown
 
 __all__ = ["MySQLDatabase", "PASSWORD_ENV"]
 
@@ -29,10 +29,6 @@ PASSWORD_ENV = "STAGERD_DB_PASSWORD"
 _DUPLICATE_KEY = 1062
 # Client-side codes for a connection that broke mid-request.
 _CONNECTION_LOST = {2006, 2013, 2055}
-
-
-class DatabaseUnavailable(StagerdError, ConnectionError):
-    """The MySQL server cannot be reached."""
 
 
 def _read_password_file(path: str) -> str:
