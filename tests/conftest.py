@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import pytest
 import tomli_w
 
 import stagerd_client
-from mariadb import MariaDB, available
+from lab import SUFFIX_VARIABLE, schema_name
+from mariadb import MariaDB, SharedMariaDB, available, reachable
 from s3server import make_bucket, s3_options, start_moto, stop_moto
 from stagerd.core import ledger, protocol
 from stagerd.core.config import StoreConfig
@@ -126,11 +128,14 @@ class Deployment:
             conn.close()
 
     def rows(self, schema: str, table: str) -> list[tuple]:
-        return self.query(f"SELECT * FROM {self.db.table(schema, table)}")
+        """The rows of ``table`` in the test schema named ``schema``."""
+        name = self.db.table(schema_name(schema), table)
+        return self.query(f"SELECT * FROM {name}")
 
     def decision(self, schema: str, intent: str) -> str | None:
+        name = self.db.table(schema_name(schema), ledger.TABLE)
         found = self.query(
-            f"SELECT outcome FROM {self.db.table(schema, ledger.TABLE)} "
+            f"SELECT outcome FROM {name} "
             f"WHERE intent_id = {self.db.param}", (intent,),
         )
         return found[0][0] if found else None
@@ -231,19 +236,28 @@ class Client:
         return self.proc.returncode, out, err
 
 
+def need_mariadb(what: str) -> None:
+    """Fail under CI, skip elsewhere, naming what is missing."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs {what}")
+    pytest.skip(f"no MariaDB: needs {what}")
+
+
 @pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory):
-    """One throwaway MariaDB for the session; CI fails without one."""
-    if not available():
-        reason = "mariadbd and mariadb-install-db are not installed"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs MariaDB: {reason}")
-        # TODO(shared-mariadb): the tests drop the databases they use, so
-        # they do not run on the machine's own server at 127.0.0.1:3306.
-        pytest.skip(f"no MariaDB: {reason}")
-    server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
-    yield server
-    server.stop()
+    """A throwaway MariaDB for the session, else the machine's own server.
+
+    Tests on the machine's server touch only databases named with their
+    own suffix (see ``lab.schema_name``) and drop just those.
+    """
+    if available():
+        server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
+        yield server
+        server.stop()
+    elif reachable():
+        yield SharedMariaDB()
+    else:
+        need_mariadb("mariadbd, or a server at 127.0.0.1:3306 (user root)")
 
 
 @pytest.fixture(scope="session")
@@ -259,13 +273,17 @@ def backend(request) -> tuple[str, str]:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, backend, request) -> Deployment:
+def deployment(tmp_path: Path, backend, request, monkeypatch) -> Deployment:
     database, store = backend
     database_url = s3 = None
     if database == "mariadb":
         server = request.getfixturevalue("mariadb_server")
-        server.reset()
+        suffix = f"_t{uuid.uuid4().hex[:10]}"
+        monkeypatch.setenv(SUFFIX_VARIABLE, suffix)
+        request.addfinalizer(lambda: server.drop(suffix))
         database_url = server.url
+    else:
+        monkeypatch.delenv(SUFFIX_VARIABLE, raising=False)
     if store == "s3":
         s3 = request.getfixturevalue("moto_endpoint")
     return Deployment(tmp_path, database_url, s3)

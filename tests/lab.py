@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import stagerd_client as dj
 
+# Set per test on MariaDB, so tests can share a server with other databases.
+SUFFIX_VARIABLE = "STAGERD_TEST_SCHEMA_SUFFIX"
+
+
+def schema_name(base: str) -> str:
+    """The name a test's schema ``base`` has in this test's database."""
+    return base + os.environ.get(SUFFIX_VARIABLE, "")
+
 
 def declare(name: str = "imaging") -> SimpleNamespace:
-    schema = dj.Schema(name)
+    schema = dj.Schema(schema_name(name))
 
     @schema
     class ImagingSession(dj.Manual):

@@ -1,9 +1,10 @@
-"""A throwaway MariaDB server for tests: ``mariadbd`` in a temp dir.
+"""MariaDB for tests: a throwaway ``mariadbd`` in a temp dir, or the
+machine's own server at 127.0.0.1:3306 when mariadbd is not installed.
 
-Each server has its own data dir, socket and port, runs without grant
-tables (anyone may do anything: it is a sandbox) and is killed at the end,
-so tests may drop databases and stop the server mid-commit without
-touching the machine's own server.
+A throwaway server has its own data dir, socket and port, runs without
+grant tables (it is a sandbox) and is killed at the end, so tests may stop
+it mid-commit. On either kind, a test works in databases named with its own
+suffix and drops only those.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pymysql
 
 from s3server import free_port
 
-__all__ = ["MariaDB", "available", "reachable"]
+__all__ = ["MariaDB", "SharedMariaDB", "available", "reachable"]
 
 
 def available() -> bool:
@@ -79,16 +80,33 @@ class MariaDB:
             self.proc.terminate()
             self.proc.wait(60)
 
-    def reset(self, keep: tuple[str, ...] = ("mysql", "information_schema",
-                                             "performance_schema", "sys")) -> None:
-        """Drop every database a test made."""
-        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root")
-        try:
-            cur = conn.cursor()
-            cur.execute("SHOW DATABASES")
-            for (name,) in cur.fetchall():
-                if name not in keep:
-                    cur.execute(f"DROP DATABASE `{name}`")
-        finally:
-            conn.close()
+    def drop(self, suffix: str) -> None:
+        drop_databases(self.port, suffix)
+
+
+class SharedMariaDB:
+    """The machine's own server at 127.0.0.1:3306, shared with others.
+
+    It cannot be killed by a test; each test drops only its own databases.
+    """
+
+    port = 3306
+    url = "mysql://root@127.0.0.1:3306"
+
+    def drop(self, suffix: str) -> None:
+        drop_databases(self.port, suffix)
+
+
+def drop_databases(port: int, suffix: str) -> None:
+    """Drop the databases whose names end with one test's ``suffix``."""
+    assert len(suffix) >= 8, "a short suffix could match someone else's database"
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root")
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW DATABASES")
+        for (name,) in cur.fetchall():
+            if name.endswith(suffix):
+                cur.execute(f"DROP DATABASE `{name}`")
+    finally:
+        conn.close()
 

@@ -8,9 +8,11 @@ import time
 import pytest
 
 import stagerd_client as dj
-from conftest import HERE, Client, DaemonProcess, Deployment, wait_until
+from conftest import (
+    HERE, Client, DaemonProcess, Deployment, need_mariadb, wait_until,
+)
 from lab import declare
-from mariadb import MariaDB
+from mariadb import MariaDB, available
 from stagerd.core import protocol
 from stagerd.core.db import connect as connect_db
 from stagerd.core.errors import ConfigError, StagerdError
@@ -73,6 +75,8 @@ def test_commit_racing_a_fence_has_exactly_one_outcome(
 @pytest.fixture
 def own_server(tmp_path_factory):
     """A MariaDB this test may kill and restart."""
+    if not available():
+        need_mariadb("mariadbd, to run a server this test may kill")
     server = MariaDB(tmp_path_factory.mktemp("own-mariadb")).start()
     yield server
     server.kill()

@@ -9,7 +9,7 @@ import zarr
 
 import stagerd_client as dj
 from conftest import ALL_BACKENDS
-from lab import declare
+from lab import declare, schema_name
 
 pytestmark = ALL_BACKENDS
 
@@ -37,7 +37,8 @@ def test_quick_start_zarr(lab, deployment):
     assert isinstance(ref, dj.ObjectRef)
     assert ref.is_dir and ref.ext == ".zarr" and ref.store == "default"
     assert ref.path.startswith(
-        "_schema/imaging/imaging_session/subject_id=1/session_id=1/frames_"
+        f"_schema/{schema_name('imaging')}/imaging_session/subject_id=1/session_id=1/"
+        "frames_"
     )
     assert ref.item_count == len(ref.manifest) == len(deployment.files())
     assert ref.size == sum(ref.manifest.values())
@@ -83,7 +84,8 @@ def test_streaming_camera_error_leaves_nothing(lab, deployment):
     assert len(lab.ImagingSession) == 0
     assert deployment.files() == []
     if deployment.store_kind == "file":  # S3 has no folders to leave behind
-        assert not (deployment.objects / "_schema/imaging/imaging_session").exists()
+        table_dir = deployment.objects / "_schema" / lab.schema.name / "imaging_session"
+        assert not table_dir.exists()
     assert staged.state == "aborted"
 
 
@@ -98,7 +100,7 @@ def test_keyboard_interrupt_in_block_aborts(lab, deployment):
 
 
 def test_two_fields_one_intent_and_reuse_refused(lab, deployment):
-    schema = dj.Schema("imaging")
+    schema = dj.Schema(schema_name("imaging"))
 
     @schema
     class Pair(dj.Manual):
@@ -227,10 +229,11 @@ def test_hostile_key_values_stay_inside_the_store(lab, deployment, value):
     ref = (lab.Recording & {"recording_id": value}).fetch1()["raw"]
     assert ref.read() == b"inside"
     [written] = deployment.files()
-    assert written == ref.path and written.startswith("_schema/imaging/recording/")
+    table = f"_schema/{lab.schema.name}/recording"
+    assert written == ref.path and written.startswith(table + "/")
     assert not {".", ".."} & set(written.split("/"))
     if deployment.store_kind == "file":
-        table_dir = (deployment.objects / "_schema/imaging/recording").resolve()
+        table_dir = (deployment.objects / table).resolve()
         assert (deployment.objects / written).resolve().is_relative_to(table_dir)
 
 

@@ -9,12 +9,12 @@ import uuid
 import pytest
 
 import stagerd_client as dj
-from lab import declare
+from lab import declare, schema_name
 
 
 @pytest.fixture
 def schema(client_config):
-    return dj.Schema("lab")
+    return dj.Schema(schema_name("lab"))
 
 
 def test_all_core_types_round_trip(schema):
@@ -111,7 +111,7 @@ def test_lookup_contents_are_inserted_once(schema):
 
     assert Species.table_name == "#species"
     assert [r["species"] for r in Species.to_dicts()] == ["mouse", "rat"]
-    again = dj.Schema("lab")(type("Species", (dj.Lookup,), {
+    again = dj.Schema(schema_name("lab"))(type("Species", (dj.Lookup,), {
         "definition": "species : varchar(32)", "contents": [{"species": "mouse"}]
     }))
     assert len(again) == 2
