@@ -30,7 +30,7 @@ from typing import Any
 
 import fsspec
 
-from stagerd.core import ledger
+from stagerd.core import faults, ledger
 from stagerd.core.config import Config
 from stagerd.core.errors import (
     DaemonUnavailable,
@@ -142,6 +142,7 @@ class StagedInsert:
             for k in heading.primary_key
         }
         link_ = daemon_link(self._config)
+        faults.point("client.register.before")
         reply = link_.request(
             "register", **request_fields(self.table), intent=self.intent, key=key,
             field=field, ext=ext, store=store.name, store_url=store.url,
@@ -149,6 +150,7 @@ class StagedInsert:
         self.intent = reply["intent"]
         link_.intents.add(self.intent)
         self._objects[field] = (store, reply["path"], ext)
+        faults.point("client.register.after")
         return store, reply["path"]
 
     def store(self, field: str, ext: str = "") -> fsspec.FSMap:
@@ -191,6 +193,7 @@ class StagedInsert:
                 )
             objects[field] = meta
 
+        faults.point("client.commit.before_transaction")
         try:
             self._insert(objects)
         except OutcomeUnknown:
@@ -200,6 +203,7 @@ class StagedInsert:
             self._abort()
             raise
         self.state = "committed"
+        faults.point("client.commit.after_commit")
         daemon_link(self._config).finish("commit", self.intent)
 
     def _check_not_fenced(self) -> None:
@@ -232,6 +236,7 @@ class StagedInsert:
         except BaseException:
             db.rollback(conn)
             raise
+        faults.point("client.commit.after_row")
         try:
             db.commit(conn)
         except OutcomeUnknown as e:

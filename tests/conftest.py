@@ -156,8 +156,11 @@ class Deployment:
 class DaemonProcess:
     """``stagerd serve`` in a subprocess, with its log collected."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(
+        self, deployment: Deployment, env: dict[str, str] | None = None
+    ) -> None:
         self.deployment = deployment
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
@@ -166,7 +169,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stagerd", "serve", "--config", str(d.config),
              "--log-level", "debug"],
-            stderr=subprocess.PIPE, text=True, env=d.env,
+            stderr=subprocess.PIPE, text=True, env={**d.env, **self.extra_env},
         )
         threading.Thread(target=self._collect, args=(self.proc,), daemon=True).start()
         deadline = time.monotonic() + 20
@@ -203,11 +206,13 @@ class DaemonProcess:
 class Client:
     """A client script in its own process, talking back through stdout."""
 
-    def __init__(self, deployment: Deployment, code: str) -> None:
+    def __init__(
+        self, deployment: Deployment, code: str, env: dict[str, str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(code)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=deployment.env,
+            env={**deployment.env, **(env or {})},
         )
 
     @property
@@ -311,8 +316,8 @@ def client_config(deployment: Deployment):
 def spawn(deployment: Deployment):
     clients: list[Client] = []
 
-    def make(code: str) -> Client:
-        clients.append(Client(deployment, code))
+    def make(code: str, env: dict[str, str] | None = None) -> Client:
+        clients.append(Client(deployment, code, env))
         return clients[-1]
 
     yield make

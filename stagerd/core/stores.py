@@ -33,6 +33,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from stagerd.core import faults
 from stagerd.core.config import StoreConfig
 from stagerd.core.errors import ConfigError, StoreError
 
@@ -214,6 +215,7 @@ class Store:
         afterwards; calling again finishes a deletion that stopped halfway.
         """
         full = self.full(rel)
+        faults.point("store.delete")
         try:
             self._forget(full)
             # On S3, s3fs's rm(recursive=True) lists the prefix once and sends

@@ -28,7 +28,7 @@ import logging
 import time
 from typing import Callable
 
-from stagerd.core import ledger
+from stagerd.core import faults, ledger
 from stagerd.core.db import Database
 from stagerd.core.errors import StagerdError
 from stagerd.core.stores import Store
@@ -115,8 +115,10 @@ class Resolver:
         doomed = (intent.kind == "stage" and outcome == ledger.ABORTED) or (
             intent.kind == "delete" and outcome == ledger.COMMITTED
         )
+        faults.point("daemon.resolve.decided")
         if doomed:
             await asyncio.to_thread(self._delete_objects, intent)
+            faults.point("daemon.resolve.deleted")
         state = COMMITTED if outcome == ledger.COMMITTED else ABORTED
         await self.writer.submit(IntentLog.set_state(intent.id, state))
         intent.state = state
@@ -127,7 +129,9 @@ class Resolver:
         )
 
     def _delete_objects(self, intent: Intent) -> None:
-        for entry in intent.objects:
+        for n, entry in enumerate(intent.objects):
+            if n:
+                faults.point("daemon.delete.between")
             store = self.stores(entry.store)
             store.delete(entry.path)
             log.info(

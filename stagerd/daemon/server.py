@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stagerd.core import layout, ledger, protocol
+from stagerd.core import faults, layout, ledger, protocol
 from stagerd.core.config import Config
 from stagerd.core.db import Database
 from stagerd.core.db import connect as connect_db
@@ -384,6 +384,7 @@ class Daemon:
             await self.writer.submit(IntentLog.insert_object(intent.id, entry))
             intent.objects.append(entry)
         peer.attached.add(intent.id)
+        faults.point("daemon.register.logged")
         log.info(
             "registered intent=%s uid=%d pid=%d table=%s.%s store=%s path=%s",
             intent.id, peer.uid, peer.pid, schema, table, store_name, entry.path,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Protocol
 
+from stagerd.core import faults
+
 
 class Connection(Protocol):
     def execute(self, sql: str, params: Any = ...) -> Any: ...
@@ -63,6 +65,7 @@ class Database:
 
     def commit(self, conn: Any) -> None:
         """COMMIT; OutcomeUnknown if the connection broke during it."""
+        faults.point("db.commit")
         conn.commit()
 
     def begin(self, conn: Any) -> None:

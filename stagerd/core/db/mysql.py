@@ -20,6 +20,7 @@ from typing import Any
 
 import pymysql
 
+from stagerd.core import faults
 from stagerd.core.db.base import Database
 from stagerd.core.errors import ConfigError, DatabaseUnavailable, OutcomeUnknown
 
@@ -133,6 +134,7 @@ class MySQLDatabase(Database):
         conn.begin()
 
     def commit(self, conn: Any) -> None:
+        faults.point("db.commit")
         try:
             conn.commit()
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as e:
