@@ -229,6 +229,18 @@ def test_delete_more_files_than_one_request_takes(store, behind):
     assert not store.exists("obj") and behind.find(store.full("obj")) == []
 
 
+def test_delete_finishes_a_deletion_that_stopped_halfway(store, behind):
+    names = [f"obj/c/{i:05d}" for i in range(MANY_FILES)]
+    plant(store, behind, dict.fromkeys(names, b"x"))
+    assert store.describe("obj", "")["item_count"] == MANY_FILES
+    # What a first DeleteObjects request of 1000 keys leaves when the next
+    # one never runs (a killed daemon, a lost connection).
+    behind.rm([store.full(n) for n in names[:1000]])
+    assert store.describe("obj", "")["item_count"] == MANY_FILES - 1000
+    store.delete("obj")
+    assert not store.exists("obj") and behind.find(store.full("obj")) == []
+
+
 def test_delete_is_idempotent(store, behind):
     store.delete("never/written")
     plant(store, behind, {"obj/x": b"1"})
