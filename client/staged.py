@@ -183,6 +183,7 @@ class StagedInsert:
 
         objects = {}
         for field, (store, path, ext) in self._objects.items():
+            store.sync(path)  # the row must never outlive its bytes
             meta = store.describe(path, ext)
             if meta is None:
                 self._check_not_fenced()

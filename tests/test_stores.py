@@ -197,6 +197,18 @@ def test_text_mode_through_open(store):
 # delete
 
 
+def test_sync_makes_files_and_folders_durable(store, behind):
+    plant(store, behind, {"o/f": b"1", "o/d/a": b"2", "o/d/sub/b": b"3"})
+    store.sync("o/f")
+    store.sync("o/d")
+    store.sync("o/never-written")  # the commit reports it, not sync
+    if store.is_local:
+        os.unlink(store.full("o/d/a"))
+        os.symlink("/nonexistent", store.full("o/d/a"))
+        with pytest.raises(StoreError, match="cannot sync o/d"):
+            store.sync("o/d")
+
+
 def test_delete_file(store, behind, caplog):
     plant(store, behind, {"a/obj": b"bye", "a/obj2": b"stay", "a/obj.x": b"stay"})
     with caplog.at_level(logging.DEBUG, logger="stagerd.core.stores"):

@@ -65,6 +65,14 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _fsync(path: str, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def describe_listing(
     listing: dict[str, dict[str, Any]], full: str
 ) -> tuple[int, int, bool, dict[str, int]]:
@@ -166,6 +174,34 @@ class Store:
         if "b" in mode:
             return spool
         return _SpoolText(spool, **text)
+
+    def sync(self, rel: str) -> None:
+        """Make the object at ``rel`` survive a power cut, before its commit.
+
+        On a local store (a disk or a mounted NAS) written files may still
+        sit in the page cache: fsync each file, then each folder from the
+        object up to the store root, so new names are durable too. Other
+        stores hold an object once its upload was acknowledged: nothing to do.
+        """
+        top = self.full(rel)
+        if not self.is_local or not os.path.exists(top):
+            return  # nothing written is the caller's to report
+        try:
+            folders = set()
+            for folder, _, names in os.walk(top):
+                folders.add(folder)
+                for name in names:
+                    _fsync(os.path.join(folder, name))
+            if os.path.isfile(top):
+                _fsync(top)
+            parent = os.path.dirname(top)
+            while parent.startswith(self.root):
+                folders.add(parent)
+                parent = os.path.dirname(parent)
+            for folder in folders:
+                _fsync(folder, os.O_DIRECTORY)
+        except OSError as e:
+            raise self._failed("sync", rel, e) from e
 
     def describe(self, rel: str, ext: str) -> dict[str, Any] | None:
         """The row metadata of the object at ``rel``; None if nothing is there.
