@@ -21,4 +21,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python bench/registrations.py
+	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
