@@ -31,6 +31,7 @@ __all__ = ["Config", "StoreConfig", "load", "search_paths", "default_values"]
 
 APP = "stagerd"
 ENV_VAR = "STAGERD_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _is_root() -> bool:
@@ -53,6 +54,9 @@ def default_values() -> dict[str, Any]:
         "daemon": {
             "socket": str(runtime / "stagerd.sock"),
             "state_dir": str(state),
+            "socket_group": "stagerd",
+            "log_level": "info",
+            "history_days": 30,
         },
         "database": {"url": f"sqlite:///{state / 'lab.db'}"},
         "stores": {"default": {"url": f"file://{state / 'objects'}"}},
@@ -146,6 +150,38 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return Path(self["daemon.state_dir"])
+
+    @property
+    def socket_group(self) -> str:
+        """The group that may connect to a socket the daemon binds itself."""
+        group = self["daemon.socket_group"]
+        if not isinstance(group, str) or not group:
+            raise ConfigError(
+                f"daemon.socket_group in {self.where} must be a group name, "
+                f"found {group!r}"
+            )
+        return group
+
+    @property
+    def log_level(self) -> str:
+        level = self["daemon.log_level"]
+        if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"daemon.log_level in {self.where} must be one of "
+                f"{', '.join(LOG_LEVELS)}, found {level!r}"
+            )
+        return level.lower()
+
+    @property
+    def history_days(self) -> float:
+        """How long decided intents stay in the log before they are pruned."""
+        days = self["daemon.history_days"]
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
+            raise ConfigError(
+                f"daemon.history_days in {self.where} must be a positive number "
+                f"of days, found {days!r}"
+            )
+        return float(days)
 
     @property
     def database_url(self) -> str:

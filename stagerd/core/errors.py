@@ -14,7 +14,8 @@ catch either the precise stagerd error or the ordinary Python family::
     ├── DaemonUnavailable      (ConnectionError) no daemon at the socket
     ├── DatabaseUnavailable    (ConnectionError) database server unreachable
     ├── DaemonError            (RuntimeError)  the daemon refused a request
-    │   └── NotOwnerError      (PermissionError) intent belongs to another uid
+    │   ├── NotOwnerError      (PermissionError) intent belongs to another uid
+    │   └── TooManyConnections                 a connection limit was reached
     ├── DecisionConflict       (RuntimeError)  the intent was decided otherwise
     ├── OutcomeUnknown         (RuntimeError)  commit may or may not have landed
     ├── StoreError             (OSError)       object store failed
@@ -38,6 +39,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DaemonError",
     "NotOwnerError",
+    "TooManyConnections",
     "DecisionConflict",
     "OutcomeUnknown",
     "StoreError",
@@ -106,6 +108,10 @@ class NotOwnerError(DaemonError, PermissionError):
     """The caller is neither the intent's owner nor root."""
 
 
+class TooManyConnections(DaemonError):
+    """The daemon refused a connection: its uid, or the daemon, is at a limit."""
+
+
 class DecisionConflict(StagerdError, RuntimeError):
     """The decision record already holds another outcome for this intent."""
 
@@ -130,6 +136,7 @@ _REPLY_KINDS: dict[str, type[StagerdError]] = {
         StagingError,
         ProtocolError,
         NotOwnerError,
+        TooManyConnections,
         DecisionConflict,
         StoreError,
     )

@@ -12,7 +12,9 @@ an operation ``op`` and a request ``id`` the reply echoes::
 Frames are limited to :data:`MAX_FRAME` bytes. A frame over the limit
 cannot be skipped safely, so the daemon answers it and closes the
 connection; any other malformed message gets an error reply and the
-connection stays usable.
+connection stays usable. Messages are strict JSON: ``NaN``, ``Infinity``,
+lone UTF-16 surrogates (``"\\ud800"``) and integers of more digits than
+Python converts are refused like any other malformed message.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import socket
 import struct
+import time
 from typing import Any
 
 from stagerd.core.errors import DaemonUnavailable, ProtocolError, error_from_reply
@@ -34,6 +37,7 @@ __all__ = [
     "decode",
     "check_request",
     "field",
+    "request_id",
     "header_length",
     "send",
     "recv",
@@ -48,6 +52,9 @@ HEADER = struct.Struct(">I")
 OPS = ("register", "commit", "abort", "attach", "status", "recover", "delete")
 # Deeply nested JSON costs the parser recursion; no real message nests.
 _MAX_DEPTH = 8
+# A request id is echoed in the reply, so it must stay small.
+MAX_ID = 2**63
+MAX_ID_CHARS = 128
 
 
 class FrameTooLarge(ProtocolError):
@@ -82,10 +89,20 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def decode(body: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        text = body.decode("utf-8")
+        message = json.loads(text, parse_constant=_refuse_constant)
+        if "\\u" in text:
+            # An escaped lone surrogate decodes to a str that no UTF-8 file
+            # name, log line or database column can hold.
+            json.dumps(message, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as e:
+        # ValueError covers bad UTF-8, bad JSON, NaN and over-long integers.
         raise ProtocolError(f"message is not UTF-8 JSON: {e}") from e
     if not isinstance(message, dict):
         raise ProtocolError(
@@ -99,7 +116,7 @@ def decode(body: bytes) -> dict[str, Any]:
 def check_request(message: dict[str, Any]) -> str:
     """Check the envelope of a request and return its operation."""
     version = message.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # true == 1 in Python
         raise ProtocolError(
             f"protocol version 'v' must be {VERSION}, got {version!r}"
         )
@@ -109,17 +126,47 @@ def check_request(message: dict[str, Any]) -> str:
     return op
 
 
-def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    """A required field of a request, of the given type."""
+def field(
+    message: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    where: str | None = None,
+) -> Any:
+    """A required field of a request (or of ``where`` inside it), of a type."""
     value = message.get(name)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         names = kind.__name__ if isinstance(kind, type) else "/".join(
             k.__name__ for k in kind
         )
         raise ProtocolError(
-            f"{message.get('op')}: field {name!r} must be {names}, got {value!r}"
+            f"{where or message.get('op')}: field {name!r} must be {names}, "
+            f"got {_short(value)}"
         )
     return value
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """A repr fit for an error message, however large the value."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({type(value).__name__} of {len(text)} characters)"
+
+
+def request_id(message: dict[str, Any]) -> int | str | None:
+    """The request's ``id``, which the reply echoes; None if it has none."""
+    value = message.get("id")
+    if value is None:
+        return None
+    if (isinstance(value, int) and not isinstance(value, bool)
+            and -MAX_ID <= value <= MAX_ID) or (
+        isinstance(value, str) and len(value) <= MAX_ID_CHARS
+    ):
+        return value
+    raise ProtocolError(
+        f"field 'id' must be an integer within +-2**63 or a string of at most "
+        f"{MAX_ID_CHARS} characters, got {_short(value, 60)}"
+    )
 
 
 # Blocking helpers for the client side.
@@ -146,18 +193,31 @@ def recv(sock: socket.socket) -> dict[str, Any]:
 
 
 def connect(path: str | os.PathLike, timeout: float | None = None) -> socket.socket:
-    """A connection to the daemon's socket; DaemonUnavailable if none answers."""
+    """A connection to the daemon's socket; DaemonUnavailable if none answers.
+
+    With a ``timeout`` the connect does not block, and a Unix socket whose
+    listen backlog is full refuses it at once (EAGAIN) although the daemon
+    is alive and accepting: that is retried until the timeout.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
-    try:
-        sock.connect(os.fspath(path))
-    except OSError as e:
+    deadline = time.monotonic() + (timeout or 0)
+    while True:
+        try:
+            sock.connect(os.fspath(path))
+            return sock
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.005)
+                continue
+            error: OSError = TimeoutError(f"the backlog stayed full for {timeout} s")
+        except OSError as e:
+            error = e
         sock.close()
         raise DaemonUnavailable(
-            f"no stagerd daemon answers at {path} ({e.strerror or e}); start one "
-            "with `stagerd serve` (or `systemctl start stagerd`)"
-        ) from e
-    return sock
+            f"no stagerd daemon answers at {path} ({error.strerror or error}); "
+            "start one with `stagerd serve` (or `systemctl start stagerd`)"
+        ) from error
 
 
 def call(path: str | os.PathLike, op: str, **fields: Any) -> dict[str, Any]:

@@ -236,6 +236,50 @@ class IntentLog:
         ).fetchall()
         return {state: n for state, n in rows}
 
+    # Keeping the log small.
+
+    def prune(self, before: float, limit: int = 5000) -> int:
+        """Forget up to ``limit`` decided intents decided before ``before``.
+
+        Pending intents are never touched. Returns how many were removed;
+        call again while that equals ``limit``, so that one long transaction
+        does not hold up registrations. Then :meth:`checkpoint`.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS doomed (id TEXT PRIMARY KEY)"
+            )
+            self.conn.execute("DELETE FROM doomed")
+            self.conn.execute(
+                "INSERT INTO doomed SELECT id FROM intents"
+                " WHERE state IN (?, ?) AND decided_at < ? LIMIT ?",
+                (COMMITTED, ABORTED, before, limit),
+            )
+            self.conn.execute(
+                "DELETE FROM objects WHERE intent_id IN (SELECT id FROM doomed)"
+            )
+            removed = self.conn.execute(
+                "DELETE FROM intents WHERE id IN (SELECT id FROM doomed)"
+            ).rowcount
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return removed
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy the WAL into the database file and truncate the WAL.
+
+        Returns (frames in the WAL, frames copied); a reader holding an old
+        snapshot (``sqlite3`` left open by an admin) can keep frames back.
+        """
+        busy, frames, copied = self.conn.execute(
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        ).fetchone()
+        return frames, copied
+
 
 class LogWriter:
     """Serialises access to an :class:`IntentLog` and batches its commits."""
