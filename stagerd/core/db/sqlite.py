@@ -69,6 +69,10 @@ class SQLiteDatabase(Database):
         ).fetchone()
         return row is not None
 
+    def json_text(self, column: str, key: str) -> str:
+        """SQL for the text at ``key`` of the JSON in ``column`` (quoted)."""
+        return f"json_extract({column}, '$.{key}')"
+
     def is_duplicate(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.IntegrityError) and (
             "UNIQUE" in str(error) or "PRIMARY KEY" in str(error)
