@@ -53,8 +53,9 @@ config_option = click.option(
     "/etc/stagerd/stagerd.toml).",
 )
 
-from stagerd.cli import recover, serve, status  # noqa: E402  (register commands)
+from stagerd.cli import recover, serve, status, verify  # noqa: E402  (commands)
 
 main.add_command(serve.serve)
 main.add_command(status.status)
 main.add_command(recover.recover)
+main.add_command(verify.verify)

@@ -37,7 +37,7 @@ from stagerd.core import faults
 from stagerd.core.config import StoreConfig
 from stagerd.core.errors import ConfigError, StoreError
 
-__all__ = ["Store", "SpoolFile", "describe_listing"]
+__all__ = ["Store", "SpoolFile", "describe_listing", "store_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _CLIENT_ERRORS = {
 }
 
 
-def _store_errors() -> tuple[type[BaseException], ...]:
+def store_errors() -> tuple[type[BaseException], ...]:
     """What a store operation can raise when the store (not the caller) failed.
 
     s3fs passes botocore's connection errors (``EndpointConnectionError``,
@@ -163,7 +163,7 @@ class Store:
                 return self.fs.open(full, mode, **kwargs)
             except FileNotFoundError:
                 raise  # an answer about the path, not a failure of the store
-            except _store_errors() as e:
+            except store_errors() as e:
                 raise self._failed("open", rel, e) from e
         text = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline")
                 if k in kwargs}
@@ -215,7 +215,7 @@ class Store:
             listing = self.fs.find(full, detail=True, withdirs=False)
         except FileNotFoundError:
             listing = {}
-        except _store_errors() as e:
+        except store_errors() as e:
             raise self._failed("list", rel, e) from e
         # s3fs's find falls back to info() when its listing is empty, and
         # info() may name the path a directory: without files, nothing is
@@ -241,7 +241,7 @@ class Store:
         try:
             self._forget(full)
             return bool(self.fs.exists(full))
-        except _store_errors() as e:
+        except store_errors() as e:
             raise self._failed("check", rel, e) from e
 
     def delete(self, rel: str) -> None:
@@ -261,7 +261,7 @@ class Store:
             self.fs.rm(full, recursive=True)
         except FileNotFoundError:
             pass
-        except _store_errors() as e:
+        except store_errors() as e:
             raise self._failed("delete", rel, e) from e
         if self.exists(rel):
             raise StoreError(f"store {self.name!r} ({self.url}): {rel} still "
@@ -328,7 +328,7 @@ class SpoolFile(io.BufferedRandom):
         except FileNotFoundError:
             if "r" in mode:
                 raise
-        except _store_errors() as e:
+        except store_errors() as e:
             raise self.store._failed("fetch", self.rel, e) from e
 
     def __repr__(self) -> str:
@@ -340,7 +340,7 @@ class SpoolFile(io.BufferedRandom):
         try:
             super().close()
             self.store.fs.put_file(self.local_path, self.path)
-        except _store_errors() as e:
+        except store_errors() as e:
             raise self.store._failed("upload", self.rel, e) from e
         finally:
             self._unlink()

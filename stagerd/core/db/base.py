@@ -77,3 +77,21 @@ class Database:
     def rollback(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
             conn.rollback()
+
+    # Catalogue reads, for checks that must write nothing (stagerd verify).
+
+    def connect_readonly(self) -> Any:
+        """A connection through which the database cannot be changed."""
+        raise NotImplementedError
+
+    def schemas(self, conn: Any) -> list[str]:
+        """Every schema holding at least one table, sorted."""
+        raise NotImplementedError
+
+    def tables(self, conn: Any, schema: str) -> list[str]:
+        """The names of a schema's tables, sorted."""
+        raise NotImplementedError
+
+    def primary_key(self, conn: Any, schema: str, table: str) -> list[str]:
+        """A table's primary-key columns, in key order."""
+        raise NotImplementedError

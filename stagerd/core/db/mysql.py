@@ -148,3 +148,43 @@ class MySQLDatabase(Database):
                     f"the connection to {self.identity} broke during COMMIT: {e}"
                 ) from e
             raise
+
+    # Databases the server keeps for itself, never a stagerd schema.
+    _SYSTEM = ("mysql", "information_schema", "performance_schema", "sys")
+
+    def connect_readonly(self) -> Any:
+        conn = self.connect()
+        # The server then refuses every write on this session, whatever the
+        # account's grants.
+        self.execute(conn, "SET SESSION TRANSACTION READ ONLY")
+        return conn
+
+    def schemas(self, conn: Any) -> list[str]:
+        cur = self.execute(
+            conn,
+            "SELECT DISTINCT table_schema FROM information_schema.tables "
+            f"WHERE table_schema NOT IN ({', '.join(['%s'] * len(self._SYSTEM))}) "
+            "ORDER BY table_schema",
+            self._SYSTEM,
+        )
+        return [str(r[0]) for r in cur.fetchall()]
+
+    def tables(self, conn: Any, schema: str) -> list[str]:
+        cur = self.execute(
+            conn,
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = %s AND table_type = 'BASE TABLE' "
+            "ORDER BY table_name",
+            (schema,),
+        )
+        return [str(r[0]) for r in cur.fetchall()]
+
+    def primary_key(self, conn: Any, schema: str, table: str) -> list[str]:
+        cur = self.execute(
+            conn,
+            "SELECT column_name FROM information_schema.key_column_usage "
+            "WHERE table_schema = %s AND table_name = %s "
+            "AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+            (schema, table),
+        )
+        return [str(r[0]) for r in cur.fetchall()]

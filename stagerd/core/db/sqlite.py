@@ -86,3 +86,36 @@ class SQLiteDatabase(Database):
     def rollback(self, conn: Any) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+
+    def connect_readonly(self) -> sqlite3.Connection:
+        # mode=ro neither creates a missing file nor changes the journal
+        # mode; it may leave empty -wal and -shm files, as any reader does.
+        if not self.path.is_file():
+            raise ConfigError(f"SQLite database {self.path} does not exist")
+        try:
+            return sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                isolation_level=None, check_same_thread=False,
+            )
+        except sqlite3.Error as e:
+            raise ConfigError(f"cannot open SQLite database {self.path}: {e}") from e
+
+    def schemas(self, conn: Any) -> list[str]:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND instr(name, '.')"
+        ).fetchall()
+        return sorted({name.split(".", 1)[0] for (name,) in rows})
+
+    def tables(self, conn: Any, schema: str) -> list[str]:
+        prefix = f"{schema}."
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' "
+            "AND substr(name, 1, ?) = ?",
+            (len(prefix), prefix),
+        ).fetchall()
+        return sorted(name[len(prefix):] for (name,) in rows)
+
+    def primary_key(self, conn: Any, schema: str, table: str) -> list[str]:
+        # table_info's sixth column is the 1-based position in the key, 0 if none.
+        rows = conn.execute(f"PRAGMA table_info({self.table(schema, table)})")
+        return [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
