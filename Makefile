@@ -17,8 +17,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python demo/run.py
 
+# One worker per core: most tests wait on daemons and clients, not the CPU.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 bench: setup
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

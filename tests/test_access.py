@@ -384,4 +384,4 @@ def test_a_forged_delete_decision_leaves_objects_under_kept_rows(
                          f"intent={reply['intent']}")
     # An honest delete, rows and decision together, still removes them.
     assert (recording & {"recording_id": "kept"}).delete() == 1
-    wait_until(lambda: deployment.files() == [], 5, "objects of deleted rows gone")
+    wait_until(lambda: deployment.files() == [], 20, "objects of deleted rows gone")

@@ -29,8 +29,8 @@ def test_a_reboot_resolves_every_intent_of_the_earlier_boot(deployment, spawn):
     # can: its intent is resolved at once.
     after = DaemonProcess(deployment, env={BOOT_ID_ENV: "boot-after"}).start()
     try:
-        wait_until(lambda: deployment.files() == [], 3, "old boot's objects gone")
-        wait_until(lambda: deployment.status()["pending"] == [], 3, "resolved")
+        wait_until(lambda: deployment.files() == [], 20, "old boot's objects gone")
+        wait_until(lambda: deployment.status()["pending"] == [], 20, "resolved")
         assert deployment.decision("imaging", intent) == "aborted"
         assert after.logged(f"fenced intent={intent}")
     finally:
@@ -64,7 +64,7 @@ def test_a_reused_pid_is_not_the_dead_owner(deployment, spawn):
         assert start_time(impostor.pid) is not None
         restarted = DaemonProcess(deployment).start()
         try:
-            wait_until(lambda: deployment.files() == [], 3, "dead owner resolved")
+            wait_until(lambda: deployment.files() == [], 20, "dead owner resolved")
             assert deployment.status()["pending"] == []
             assert deployment.decision("imaging", intent) == "aborted"
         finally:
@@ -104,8 +104,8 @@ def test_a_forked_child_does_not_keep_a_dead_parents_intent(
         # The child keeps the connection open, so no close is seen; the
         # periodic sweep still finds the owner (the parent) dead.
         assert start_time(int(child)) is not None
-        wait_until(lambda: deployment.files() == [], 3, "parent's objects gone")
-        wait_until(lambda: deployment.status()["pending"] == [], 3, "resolved")
+        wait_until(lambda: deployment.files() == [], 20, "parent's objects gone")
+        wait_until(lambda: deployment.status()["pending"] == [], 20, "resolved")
         assert deployment.decision("imaging", intent) == "aborted"
     finally:
         os.kill(int(child), signal.SIGKILL)

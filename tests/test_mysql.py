@@ -68,7 +68,7 @@ def test_commit_racing_a_fence_has_exactly_one_outcome(
             assert decision == "aborted" and not row
             assert not [f for f in deployment.files() if f"race-{i}/" in f]
     print(f"race outcomes: {outcomes}")
-    wait_until(lambda: deployment.status()["pending"] == [], 5, "all finished")
+    wait_until(lambda: deployment.status()["pending"] == [], 20, "all finished")
     assert len(deployment.files()) == outcomes["committed"]
 
 

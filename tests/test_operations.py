@@ -170,7 +170,7 @@ def test_sighup_reloads_stores_without_dropping_clients(
         assert not daemon.logged("reloaded")
 
         daemon.signal(signal.SIGHUP)
-        wait_until(lambda: daemon.logged("reloaded"), 5, "the reload")
+        wait_until(lambda: daemon.logged("reloaded"), 20, "the reload")
         assert "stores=default,raw" in daemon.logged("reloaded")[0]
         assert _status_on(conn, 2)["ok"], "the open connection was dropped"
     finally:
@@ -188,7 +188,7 @@ def test_saving_the_config_file_reloads_it(deployment, served, spawn):
     assert code == 1 and "raw" in err
 
     deployment.write_config(stores=_raw_store(deployment))
-    wait_until(lambda: daemon.logged("reloaded"), 5, "the reload")
+    wait_until(lambda: daemon.logged("reloaded"), 20, "the reload")
     code, out, err = spawn(RAW_CLIENT).wait()
     assert code == 0, err
 
@@ -207,7 +207,7 @@ def test_a_symlinked_config_reloads_when_its_target_changes(
         deployment.write_config(stores=_raw_store(deployment))
     finally:
         deployment.config = link
-    wait_until(lambda: daemon.logged("reloaded"), 5, "the reload")
+    wait_until(lambda: daemon.logged("reloaded"), 20, "the reload")
 
 
 def test_a_bad_config_is_refused_and_the_old_one_kept(deployment, served, spawn):
@@ -244,7 +244,7 @@ def test_a_store_in_use_cannot_move(deployment, served, spawn):
 
     moved = {"default": {"url": f"file://{deployment.root / 'moved'}"}}
     deployment.write_config(stores=moved)
-    wait_until(lambda: daemon.logged("reload refused"), 5, "the refusal")
+    wait_until(lambda: daemon.logged("reload refused"), 20, "the refusal")
     assert f"while intent {intent} has objects in it" in daemon.text()
 
     # The intent is still finished in the store it was staged in.
@@ -259,9 +259,9 @@ def test_log_level_comes_from_the_config_and_reloads(deployment, served):
     assert not daemon.logged("level=INFO") and not daemon.logged("level=DEBUG")
 
     deployment.write_config(daemon={"log_level": "debug"})
-    wait_until(lambda: daemon.logged("reloaded"), 5, "the reload")
+    wait_until(lambda: daemon.logged("reloaded"), 20, "the reload")
     deployment.status()
-    wait_until(lambda: daemon.logged("level=DEBUG"), 5, "a debug line")
+    wait_until(lambda: daemon.logged("level=DEBUG"), 20, "a debug line")
 
 
 def test_log_level_option_wins_over_the_config(deployment, served, spawn):
@@ -403,8 +403,8 @@ def test_daemon_prunes_on_a_timer(deployment, served, spawn):
     assert deployment.status()["counts"] == {"committed": 1}
 
     wal = deployment.state / f"{LOG_NAME}-wal"
-    wait_until(lambda: deployment.status()["counts"] == {}, 10, "pruned")
-    wait_until(lambda: wal.stat().st_size == 0, 5, "the WAL truncated")
+    wait_until(lambda: deployment.status()["counts"] == {}, 20, "pruned")
+    wait_until(lambda: wal.stat().st_size == 0, 20, "the WAL truncated")
 
 
 @pytest.mark.parametrize("days", [0, -1, "30", True])

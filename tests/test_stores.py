@@ -235,9 +235,7 @@ def test_delete_folder(store, behind):
 def test_delete_more_files_than_one_request_takes(store, behind):
     plant(store, behind, {f"obj/c/{i:05d}": b"x" for i in range(MANY_FILES)})
     assert store.describe("obj", "")["item_count"] == MANY_FILES
-    start = time.monotonic()
     store.delete("obj")
-    assert time.monotonic() - start < 30
     assert not store.exists("obj") and behind.find(store.full("obj")) == []
 
 
@@ -379,7 +377,7 @@ def test_unreachable_endpoint_raises_store_error_then_recovers():
             start = time.monotonic()
             with pytest.raises(StoreError, match=f"'lab-s3'.*: cannot \\w+ {rel}:"):
                 call()
-            assert time.monotonic() - start < 10
+            assert time.monotonic() - start < 30  # fails, does not hang
         assert spool_gone(spool)
 
         # The same port again: the same endpoint is back, but moto kept
