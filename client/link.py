@@ -50,26 +50,29 @@ class Link:
         """Send one request and return the reply; raise the error it names.
 
         ``wait=False`` gives up at once when the daemon is not there.
+        A connection that breaks is retried until ``reconnect_s`` runs out:
+        a dying daemon may still accept a connection it never answers, and
+        its successor takes a moment to listen. Retrying a ``register`` whose
+        reply was lost leaves an intent without objects, which is resolved
+        when this process exits.
         """
         with self._lock:
-            sock = self._connected(wait)
-            try:
-                return self._roundtrip(sock, op, fields)
-            except DaemonUnavailable:
-                raise
-            except OSError:
-                # The daemon went away between requests: one fresh try.
-                self.close()
-            try:
-                return self._roundtrip(self._connected(wait), op, fields)
-            except DaemonUnavailable:
-                raise
-            except OSError as e:
-                self.close()
-                raise DaemonUnavailable(
-                    f"the daemon at {self.socket_path} dropped the connection "
-                    f"during {op!r}: {e}"
-                ) from e
+            deadline = time.monotonic() + (self.reconnect_s if wait else 0)
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    return self._roundtrip(self._connected(wait), op, fields)
+                except DaemonUnavailable:
+                    raise
+                except OSError as e:
+                    self.close()
+                    if tries > 1 and time.monotonic() >= deadline:
+                        raise DaemonUnavailable(
+                            f"the daemon at {self.socket_path} dropped the "
+                            f"connection during {op!r}: {e}"
+                        ) from e
+                    time.sleep(0.1 if tries > 1 else 0)
 
     def _roundtrip(
         self, sock: socket.socket, op: str, fields: dict[str, Any]

@@ -140,3 +140,35 @@ def test_live_owner_without_connection_is_not_resolved(deployment, daemon, spawn
     assert deployment.files() and len(deployment.status()["pending"]) == 1
     client.kill(signal.SIGKILL)
     wait_until(lambda: deployment.files() == [], 20, "dead owner resolved")
+
+
+LOOPER = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+from lab import declare
+
+lab = declare()
+for i in range(40):
+    with lab.Recording.staged_insert1 as staged:
+        staged.rec["recording_id"] = f"loop-{{i}}"
+        with staged.open("raw", ".bin") as f:
+            f.write(b"r" * 100)
+    print("ACK", i, flush=True)
+"""
+
+
+def test_daemon_restart_costs_a_busy_client_nothing(deployment, daemon, spawn):
+    """Inserts that meet a dying daemon wait for the next one and succeed."""
+    client = spawn(LOOPER)
+    client.expect("ACK 5")
+    daemon.kill()
+    second = DaemonProcess(deployment).start()
+    try:
+        code, out, err = client.wait()
+        assert code == 0, err
+        assert out.count("ACK") == 40 - 6
+        wait_until(lambda: deployment.status()["pending"] == [], 20, "all resolved")
+        assert len(deployment.rows("imaging", "recording")) == 40
+        assert len(deployment.files()) == 40
+    finally:
+        assert second.stop() == 0
