@@ -173,3 +173,25 @@ def test_concurrent_registrations_share_commits(deployment, daemon):
     commits = after["log_commits"] - before["log_commits"]
     assert writes == n and commits < n, (writes, commits)
     assert len(deployment.status()["pending"]) == n
+
+
+def test_abort_keeps_the_key_folder_of_a_newer_attempt(deployment, daemon):
+    """Pruning after an abort leaves a folder another pending intent may use."""
+    with protocol.connect(deployment.socket) as s:
+
+        def call(op: str, **f) -> dict:
+            protocol.send(s, {"v": protocol.VERSION, "id": 1, "op": op, **f})
+            return protocol.check_reply(protocol.recv(s))
+
+        first = call("register", **fields(deployment))
+        written = deployment.objects / first["path"]
+        written.parent.mkdir(parents=True)
+        written.write_bytes(b"first attempt")
+        second = call("register", **fields(deployment))  # same key, new intent
+        folder = (deployment.objects / second["path"]).parent
+        assert folder == written.parent
+
+        assert call("abort", intent=first["intent"])["state"] == "aborted"
+        assert not written.exists() and folder.is_dir()
+        assert call("abort", intent=second["intent"])["state"] == "aborted"
+        assert not folder.exists()  # nothing pending there any more

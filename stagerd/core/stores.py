@@ -28,7 +28,7 @@ import os
 import posixpath
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -244,11 +244,12 @@ class Store:
         except store_errors() as e:
             raise self._failed("check", rel, e) from e
 
-    def delete(self, rel: str) -> None:
+    def delete(self, rel: str, prune: bool = True) -> None:
         """Delete the object at ``rel``, file or folder; nothing there is success.
 
         Raises StoreError if the store fails or the object is still there
         afterwards; calling again finishes a deletion that stopped halfway.
+        With ``prune`` the empty folders above it go too (see :meth:`prune`).
         """
         full = self.full(rel)
         faults.point("store.delete")
@@ -267,18 +268,21 @@ class Store:
             raise StoreError(f"store {self.name!r} ({self.url}): {rel} still "
                              "exists after deleting it")
         log.debug("deleted store=%s path=%s", self.name, rel)
-        if self.is_local:
-            self._prune(rel)
+        if prune:
+            self.prune(rel)
 
-    def _prune(self, rel: str) -> None:
-        """Remove the object's now-empty parent folders up to ``_schema``.
+    def prune(self, rel: str, keep: Callable[[str], bool] = lambda _: False) -> None:
+        """Remove the deleted object's empty parent folders up to ``_schema``.
 
-        TODO(prune-race): a client that has just made the same key folder
-        for a new attempt (auto_mkdir) and not yet created its file can
-        lose the folder here and see FileNotFoundError on open.
+        Stops at the first folder that is not empty or for which ``keep``
+        (given the folder's store-relative path) is true: the daemon keeps
+        the folders of objects it has handed out and not yet seen written.
+        Only local stores have folders to prune.
         """
+        if not self.is_local:
+            return
         parent = posixpath.dirname(rel)
-        while parent and parent != "_schema":
+        while parent and parent != "_schema" and not keep(parent):
             try:
                 self.fs.rmdir(self.full(parent))
             except OSError:

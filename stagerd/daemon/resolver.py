@@ -32,7 +32,14 @@ from stagerd.core import faults, ledger
 from stagerd.core.db import Database
 from stagerd.core.errors import StagerdError
 from stagerd.core.stores import Store
-from stagerd.daemon.intents import ABORTED, COMMITTED, Intent, IntentLog, LogWriter
+from stagerd.daemon.intents import (
+    ABORTED,
+    COMMITTED,
+    Intent,
+    IntentLog,
+    LogWriter,
+    ObjectEntry,
+)
 
 __all__ = ["Resolver"]
 
@@ -116,20 +123,24 @@ class Resolver:
             intent.kind == "delete" and outcome == ledger.COMMITTED
         )
         faults.point("daemon.resolve.decided")
+        deleted: list[ObjectEntry] = []
         if doomed:
-            await asyncio.to_thread(self._delete_objects, intent)
+            deleted = await asyncio.to_thread(self._delete_objects, intent)
             faults.point("daemon.resolve.deleted")
+            self._prune(intent, deleted)
         state = COMMITTED if outcome == ledger.COMMITTED else ABORTED
         await self.writer.submit(IntentLog.set_state(intent.id, state))
         intent.state = state
         self.pending.pop(intent.id, None)
         log.info(
             "finished intent=%s kind=%s outcome=%s deleted=%d",
-            intent.id, intent.kind, outcome, len(intent.objects) if doomed else 0,
+            intent.id, intent.kind, outcome, len(deleted),
         )
 
-    def _delete_objects(self, intent: Intent) -> None:
+    def _delete_objects(self, intent: Intent) -> list[ObjectEntry]:
+        """Delete the intent's objects (in a worker thread); those deleted."""
         kept = self._still_referenced(intent) if intent.kind == "delete" else set()
+        deleted = []
         for n, entry in enumerate(intent.objects):
             if n:
                 faults.point("daemon.delete.between")
@@ -139,12 +150,37 @@ class Resolver:
                     "path=%s", intent.id, entry.store, entry.path,
                 )
                 continue
-            store = self.stores(entry.store)
-            store.delete(entry.path)
+            self.stores(entry.store).delete(entry.path, prune=False)
+            deleted.append(entry)
             log.info(
                 "deleted intent=%s store=%s path=%s", intent.id, entry.store,
                 entry.path,
             )
+        return deleted
+
+    def _prune(self, intent: Intent, deleted: list[ObjectEntry]) -> None:
+        """Remove the empty key folders the deletion left, keeping busy ones.
+
+        This runs on the event loop, where registrations are handled too, so
+        a new attempt at the same key is either pending before this looks
+        (and its folder is kept, as its writer may have made it already) or
+        registered after the folder is gone (and its writer makes it anew).
+        A folder is a handful of rmdir calls on a local disk.
+        """
+        busy = {
+            folder
+            for other in self.pending.values() if other.id != intent.id
+            for entry in other.objects
+            for folder in _ancestors(entry.store, entry.path)
+        }
+        for entry in deleted:
+            try:
+                self.stores(entry.store).prune(
+                    entry.path, keep=lambda f, s=entry.store: (s, f) in busy
+                )
+            except OSError as e:  # a folder left behind costs nothing
+                log.warning("could not prune intent=%s path=%s: %s",
+                            intent.id, entry.path, e)
 
     def _still_referenced(self, intent: Intent) -> set[str]:
         """Paths of a delete intent that a row of its table still holds.
@@ -189,3 +225,9 @@ class Resolver:
             await self.writer.submit(IntentLog.set_error(intent.id, intent.last_error))
         except Exception as e:  # the log itself failing is logged by the writer
             log.debug("could not record error intent=%s: %s", intent.id, e)
+
+
+def _ancestors(store: str, path: str) -> list[tuple[str, str]]:
+    """(store, folder) for every folder above ``path`` in its store."""
+    parts = path.split("/")[:-1]
+    return [(store, "/".join(parts[:n])) for n in range(1, len(parts) + 1)]
