@@ -16,11 +16,11 @@ one, and ``stagerd verify`` finds nothing wrong.
 Halfway through, ``stagerd verify`` also runs on the live deployment: what
 is in flight must show as in progress, never as a problem.
 
-Budget: this file must stay within 90 s of wall time. The storm runs on
-two pairs that between them cover both databases and both stores:
-sqlite-file for 15 s and mariadb-s3 for 25 s, as S3 writers start slowly.
-With setup, settling and the checks that came to 22-35 s and 30-45 s on a
-busy 2-core machine, about 55 s for the file. The schedule of kills comes
+Budget: a minute of storm, within 90 s of wall time for the file. The storm
+runs on two pairs that between them cover both databases and both stores:
+sqlite-file for 25 s and mariadb-s3 for 35 s, as S3 writers start slowly.
+With setup, settling and the checks, about 75 s for the file on a 2-core
+machine. The schedule of kills comes
 from a fixed seed; what each kill interrupts depends on timing, so nothing
 asserts on counts except that some inserts were acknowledged. Run with
 ``-s`` to see the figures.
@@ -51,7 +51,7 @@ SEED = 20240611
 # Seconds of storm per pair. A writer on S3 needs about 2 s to start and
 # its first insert another 2-4 s (boto sessions, the first connections) on
 # a busy 2-core machine, so that pair gets longer.
-STORM_S = {("sqlite", "file"): 15.0, ("mariadb", "s3"): 25.0}
+STORM_S = {("sqlite", "file"): 25.0, ("mariadb", "s3"): 35.0}
 PAIRS = list(STORM_S)
 
 pytestmark = [
