@@ -62,7 +62,7 @@ class Link:
             while True:
                 tries += 1
                 try:
-                    return self._roundtrip(self._connected(wait), op, fields)
+                    return self._roundtrip(self._connected(deadline), op, fields)
                 except DaemonUnavailable:
                     raise
                 except OSError as e:
@@ -72,7 +72,8 @@ class Link:
                             f"the daemon at {self.socket_path} dropped the "
                             f"connection during {op!r}: {e}"
                         ) from e
-                    time.sleep(0.1 if tries > 1 else 0)
+                    if tries > 1:  # the first retry goes at once
+                        time.sleep(0.1)
 
     def _roundtrip(
         self, sock: socket.socket, op: str, fields: dict[str, Any]
@@ -82,10 +83,10 @@ class Link:
                              **fields})
         return protocol.check_reply(protocol.recv(sock))
 
-    def _connected(self, wait: bool) -> socket.socket:
+    def _connected(self, deadline: float) -> socket.socket:
+        """The open connection, or a new one made before ``deadline``."""
         if self._sock is not None:
             return self._sock
-        deadline = time.monotonic() + (self.reconnect_s if wait else 0)
         while True:
             try:
                 sock = protocol.connect(self.socket_path)

@@ -9,7 +9,7 @@ import fsspec
 
 from stagerd.core.config import Config
 from stagerd.core.errors import IntegrityError, StagingError
-from stagerd.core.stores import Store, describe_listing
+from stagerd.core.stores import Store, compare_manifest, describe_listing
 
 __all__ = ["ObjectRef", "open_store"]
 
@@ -89,23 +89,19 @@ class ObjectRef:
         One listing of the object; every difference (missing, unexpected or
         resized file) is named in the error.
         """
-        full = self.full_path
-        self.fs.invalidate_cache(full)
-        try:
-            listing = self.fs.find(full, detail=True, withdirs=False)
-        except FileNotFoundError:
-            listing = {}
-        found = describe_listing(listing, full)[3] if listing else {}
+        listing = self._store.find(self.path)
+        found = describe_listing(listing, self.full_path)[3] if listing else {}
         problems = []
-        for rel, size in self.manifest.items():
-            if rel not in found:
-                problems.append(f"missing {rel or self.path!r} ({size} bytes)")
-            elif found[rel] != size:
+        for kind, rel in compare_manifest(self.manifest, found):
+            name = repr(rel or self.path)
+            if kind == "missing_file":
+                problems.append(f"missing {name} ({self.manifest[rel]} bytes)")
+            elif kind == "size_mismatch":
                 problems.append(
-                    f"{rel or self.path!r} has {found[rel]} bytes, expected {size}"
+                    f"{name} has {found[rel]} bytes, expected {self.manifest[rel]}"
                 )
-        for rel in sorted(set(found) - set(self.manifest)):
-            problems.append(f"unexpected file {rel!r}")
+            else:
+                problems.append(f"unexpected file {rel!r}")
         if problems:
             raise IntegrityError(
                 f"object {self.store}:{self.path} does not match its manifest: "

@@ -10,7 +10,6 @@ own processes, so kills are real kills.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -338,6 +337,3 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
     raise AssertionError(f"not within {timeout} s: {what}")
 
-
-def dump(value: Any) -> str:
-    return json.dumps(value, indent=1, default=str)

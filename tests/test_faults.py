@@ -62,6 +62,7 @@ def test_raise_fires_once():
     ("store.delete", "unknown fault point"),
     ("store.delete=crash", "needs name=exit or name=raise"),
     ("store.delete=exit@0", "needs name=exit or name=raise"),
+    ("store.delete=exit@00", "needs name=exit or name=raise"),
     ("store.delete=exit@x", "needs name=exit or name=raise"),
 ])
 def test_bad_specs_are_refused_by_name(spec, message):

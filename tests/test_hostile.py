@@ -189,9 +189,6 @@ def test_every_field_of_every_op_refuses_wrong_types(deployment, daemon, honest)
                 if reply is not None and wrong_type(name, value):
                     assert reply["ok"] is False, (op, name, value)
     prober.close()
-    assert prober.sent == sum(len(r) + 1 for r in requests.values()) * (
-        len(fuzz.HOSTILE) + 1
-    )
     honest.check(daemon)
 
 

@@ -288,10 +288,12 @@ def test_abstract_notify_socket(deployment, served):
         ns.close()
 
 
-def test_no_notify_socket_no_notifications(deployment, served, notify):
+def test_no_notify_socket_no_notifications(deployment, served, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     daemon = served().start()
     time.sleep(0.3)
-    assert notify.messages == [] and daemon.answers()
+    assert "NOTIFY_SOCKET" not in daemon.env and daemon.answers()
+    assert not daemon.logged("logger=stagerd.daemon.notify"), "it tried to notify"
 
 
 # Socket activation.

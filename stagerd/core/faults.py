@@ -70,7 +70,7 @@ def _parse(spec: str) -> dict[str, list[tuple[str, int]]]:
                 f"{VARIABLE}: unknown fault point in {entry!r}; known points: "
                 + ", ".join(sorted(POINTS))
             )
-        if action not in _ACTIONS or not (nth or "1").isdigit() or nth == "0":
+        if action not in _ACTIONS or not (nth or "1").isdigit() or int(nth or 1) < 1:
             raise ValueError(
                 f"{VARIABLE}: {entry!r} needs name=exit or name=raise, "
                 "optionally followed by @N with N >= 1"

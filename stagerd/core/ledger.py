@@ -13,18 +13,23 @@ import datetime
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, Iterable
 
 from stagerd.core.db import Database
 from stagerd.core.errors import DecisionConflict
 
-__all__ = ["TABLE", "COMMITTED", "ABORTED", "ensure", "record", "read", "decide"]
+__all__ = [
+    "TABLE", "COMMITTED", "ABORTED", "ensure", "record", "read", "read_many",
+    "decide",
+]
 
 log = logging.getLogger(__name__)
 
 TABLE = "~stagerd_ledger"
 COMMITTED = "committed"
 ABORTED = "aborted"
+# Intent ids per query in read_many: well under SQLite's 999 parameters.
+_BATCH = 500
 
 
 def ensure(db: Database, conn: Any, schema: str) -> None:
@@ -76,6 +81,26 @@ def read(db: Database, conn: Any, schema: str, intent_id: str) -> str | None:
     )
     row = cur.fetchone()
     return None if row is None else str(row[0])
+
+
+def read_many(
+    db: Database, conn: Any, schema: str, intent_ids: Iterable[str]
+) -> dict[str, str]:
+    """The outcome of each intent that has one, a few hundred per query."""
+    ordered = sorted(set(intent_ids))
+    if not ordered or not db.table_exists(conn, schema, TABLE):
+        return {}
+    found: dict[str, str] = {}
+    for start in range(0, len(ordered), _BATCH):
+        batch = ordered[start:start + _BATCH]
+        cur = db.execute(
+            conn,
+            f"SELECT intent_id, outcome FROM {db.table(schema, TABLE)} "
+            f"WHERE intent_id IN ({', '.join([db.param] * len(batch))})",
+            batch,
+        )
+        found.update({str(i): str(o) for i, o in cur.fetchall()})
+    return found
 
 
 def decide(db: Database, schema: str, intent_id: str, table: str) -> str:

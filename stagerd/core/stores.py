@@ -37,7 +37,9 @@ from stagerd.core import faults
 from stagerd.core.config import StoreConfig
 from stagerd.core.errors import ConfigError, StoreError
 
-__all__ = ["Store", "SpoolFile", "describe_listing", "store_errors"]
+__all__ = [
+    "Store", "SpoolFile", "compare_manifest", "describe_listing", "store_errors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,25 @@ def describe_listing(
     return sum(manifest.values()), len(manifest), True, manifest
 
 
+def compare_manifest(
+    manifest: dict[str, int], found: dict[str, int]
+) -> list[tuple[str, str]]:
+    """How the files found differ from a manifest, as (kind, relative path).
+
+    Kinds: ``missing_file`` and ``size_mismatch`` for entries of the
+    manifest, ``unexpected_file`` for a file it does not list; each sorted.
+    """
+    differences = []
+    for rel, size in sorted(manifest.items()):
+        if rel not in found:
+            differences.append(("missing_file", rel))
+        elif found[rel] != size:
+            differences.append(("size_mismatch", rel))
+    extra = sorted(set(found) - set(manifest))
+    differences += [("unexpected_file", rel) for rel in extra]
+    return differences
+
+
 class Store:
     """One named store from the configuration."""
 
@@ -136,7 +157,8 @@ class Store:
         """
         self.fs.invalidate_cache(full)
 
-    def _failed(self, what: str, rel: str, e: BaseException) -> StoreError:
+    def failure(self, what: str, rel: str, e: BaseException) -> StoreError:
+        """The StoreError for a failed ``what`` at ``rel``, naming the store."""
         return StoreError(f"store {self.name!r} ({self.url}): cannot {what} "
                           f"{rel}: {type(e).__name__}: {e}")
 
@@ -164,7 +186,7 @@ class Store:
             except FileNotFoundError:
                 raise  # an answer about the path, not a failure of the store
             except store_errors() as e:
-                raise self._failed("open", rel, e) from e
+                raise self.failure("open", rel, e) from e
         text = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline")
                 if k in kwargs}
         if kwargs:
@@ -201,7 +223,27 @@ class Store:
             for folder in folders:
                 _fsync(folder, os.O_DIRECTORY)
         except OSError as e:
-            raise self._failed("sync", rel, e) from e
+            raise self.failure("sync", rel, e) from e
+
+    def find(self, rel: str) -> dict[str, dict[str, Any]]:
+        """Every file under ``rel`` (or ``rel`` itself), by full path, fresh.
+
+        One listing, paginated by the store, past any cached one; nothing
+        there is an empty dict, a failing store a StoreError.
+        """
+        full = self.full(rel)
+        try:
+            self._forget(full)
+            listing = self.fs.find(full, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return {}
+        except store_errors() as e:
+            raise self.failure("list", rel, e) from e
+        # s3fs's find falls back to info() when its listing is empty, and
+        # info() may name the path a directory: without files, nothing is
+        # there either.
+        return {name: info for name, info in listing.items()
+                if info.get("type") != "directory"}
 
     def describe(self, rel: str, ext: str) -> dict[str, Any] | None:
         """The row metadata of the object at ``rel``; None if nothing is there.
@@ -210,18 +252,7 @@ class Store:
         a request per file; on S3 a single file costs one more HEAD request.
         """
         full = self.full(rel)
-        try:
-            self._forget(full)
-            listing = self.fs.find(full, detail=True, withdirs=False)
-        except FileNotFoundError:
-            listing = {}
-        except store_errors() as e:
-            raise self._failed("list", rel, e) from e
-        # s3fs's find falls back to info() when its listing is empty, and
-        # info() may name the path a directory: without files, nothing is
-        # there either.
-        listing = {name: info for name, info in listing.items()
-                   if info.get("type") != "directory"}
+        listing = self.find(rel)
         if not listing:
             return None
         size, count, is_dir, manifest = describe_listing(listing, full)
@@ -242,7 +273,7 @@ class Store:
             self._forget(full)
             return bool(self.fs.exists(full))
         except store_errors() as e:
-            raise self._failed("check", rel, e) from e
+            raise self.failure("check", rel, e) from e
 
     def delete(self, rel: str, prune: bool = True) -> None:
         """Delete the object at ``rel``, file or folder; nothing there is success.
@@ -263,7 +294,7 @@ class Store:
         except FileNotFoundError:
             pass
         except store_errors() as e:
-            raise self._failed("delete", rel, e) from e
+            raise self.failure("delete", rel, e) from e
         if self.exists(rel):
             raise StoreError(f"store {self.name!r} ({self.url}): {rel} still "
                              "exists after deleting it")
@@ -333,7 +364,7 @@ class SpoolFile(io.BufferedRandom):
             if "r" in mode:
                 raise
         except store_errors() as e:
-            raise self.store._failed("fetch", self.rel, e) from e
+            raise self.store.failure("fetch", self.rel, e) from e
 
     def __repr__(self) -> str:
         return f"<SpoolFile {self.store.name}:{self.rel} at {self.local_path}>"
@@ -345,7 +376,7 @@ class SpoolFile(io.BufferedRandom):
             super().close()
             self.store.fs.put_file(self.local_path, self.path)
         except store_errors() as e:
-            raise self.store._failed("upload", self.rel, e) from e
+            raise self.store.failure("upload", self.rel, e) from e
         finally:
             self._unlink()
 

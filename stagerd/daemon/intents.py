@@ -30,10 +30,12 @@ import sqlite_utils
 
 from stagerd.daemon.owners import Owner
 
-__all__ = ["Intent", "ObjectEntry", "IntentLog", "LogWriter", "PENDING"]
+__all__ = ["Intent", "ObjectEntry", "IntentLog", "LogWriter", "LOG_NAME", "PENDING"]
 
 log = logging.getLogger(__name__)
 
+# The log's file name in the state dir.
+LOG_NAME = "intents.db"
 PENDING = "pending"
 COMMITTED = "committed"
 ABORTED = "aborted"

@@ -76,7 +76,7 @@ class Notifier:
         self._status_sent_at = time.monotonic()
         self.send("READY=1", f"STATUS={status}")
 
-    def status(self, text: str, force: bool = False) -> None:
+    def status(self, text: str) -> None:
         """Send ``STATUS=text`` if it changed, at most every STATUS_EVERY_S.
 
         A change held back by the rate limit goes out on a later call, so
@@ -85,7 +85,7 @@ class Notifier:
         if text == self._status:
             return
         now = time.monotonic()
-        if not force and now - self._status_sent_at < STATUS_EVERY_S:
+        if now - self._status_sent_at < STATUS_EVERY_S:
             return
         self._status = text
         self._status_sent_at = now

@@ -8,6 +8,7 @@ A zombie counts as dead: it can never write another byte.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -21,7 +22,9 @@ _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 BOOT_ID_ENV = "STAGERD_BOOT_ID"
 
 
+@functools.cache
 def boot_id() -> str:
+    """This boot's id, read once: it cannot change while a process runs."""
     return os.environ.get(BOOT_ID_ENV) or _BOOT_ID.read_text().strip()
 
 

@@ -167,20 +167,19 @@ class Resolver:
         registered after the folder is gone (and its writer makes it anew).
         A folder is a handful of rmdir calls on a local disk.
         """
+        local = [e for e in deleted if self.stores(e.store).is_local]
+        if not local:
+            return  # only local stores have folders
         busy = {
             folder
             for other in self.pending.values() if other.id != intent.id
             for entry in other.objects
             for folder in _ancestors(entry.store, entry.path)
         }
-        for entry in deleted:
-            try:
-                self.stores(entry.store).prune(
-                    entry.path, keep=lambda f, s=entry.store: (s, f) in busy
-                )
-            except OSError as e:  # a folder left behind costs nothing
-                log.warning("could not prune intent=%s path=%s: %s",
-                            intent.id, entry.path, e)
+        for entry in local:
+            self.stores(entry.store).prune(
+                entry.path, keep=lambda f, s=entry.store: (s, f) in busy
+            )
 
     def _still_referenced(self, intent: Intent) -> set[str]:
         """Paths of a delete intent that a row of its table still holds.

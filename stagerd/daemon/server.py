@@ -46,6 +46,7 @@ from stagerd.core.stores import Store
 from stagerd.daemon import owners
 from stagerd.daemon.config_watch import ConfigWatch
 from stagerd.daemon.intents import (
+    LOG_NAME,
     PENDING,
     Intent,
     IntentLog,
@@ -59,7 +60,6 @@ __all__ = ["Daemon", "LOG_NAME", "LOCK_NAME", "SWEEP_S"]
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "intents.db"
 LOCK_NAME = "stagerd.lock"
 SWEEP_S = 0.25
 # Decided intents are pruned from the log at a tenth of the history window,
@@ -872,17 +872,18 @@ class Daemon:
 
     def _check_committed(self, schema: str, entries: list[ObjectEntry]) -> None:
         """Refuse to delete any object that no committed insert made."""
+        made_by = {e.path: layout.parse_object_path(e.path)[3] for e in entries}
         conn = self.db.connect()
         try:
-            for entry in entries:
-                made_by = layout.parse_object_path(entry.path)[3]
-                if ledger.read(self.db, conn, schema, made_by) != ledger.COMMITTED:
-                    raise StagingError(
-                        f"delete: {entry.path!r} was not made by a committed "
-                        "staged insert; refusing to delete it"
-                    )
+            outcomes = ledger.read_many(self.db, conn, schema, made_by.values())
         finally:
             conn.close()
+        for path, intent_id in made_by.items():
+            if outcomes.get(intent_id) != ledger.COMMITTED:
+                raise StagingError(
+                    f"delete: {path!r} was not made by a committed "
+                    "staged insert; refusing to delete it"
+                )
 
     async def _op_commit(self, message: dict[str, Any], peer: Peer) -> dict:
         intent = self._owned(message.get("intent"), peer)

@@ -60,12 +60,9 @@ from stagerd.core import layout, ledger
 from stagerd.core.config import Config
 from stagerd.core.db import Database
 from stagerd.core.db import connect as connect_db
-from stagerd.core.errors import ConfigError, StagingError, StoreError
-# The store layer's own list of "the store failed" errors: a listing that
-# fails must end the check with StoreError, not pass for an empty folder.
-from stagerd.core.stores import Store, store_errors
-from stagerd.daemon.intents import PENDING
-from stagerd.daemon.server import LOG_NAME
+from stagerd.core.errors import ConfigError, StagingError
+from stagerd.core.stores import Store, compare_manifest, store_errors
+from stagerd.daemon.intents import LOG_NAME, PENDING
 
 __all__ = ["OBJECT_KEYS", "Problem", "Report", "verify", "object_of"]
 
@@ -74,8 +71,6 @@ log = logging.getLogger(__name__)
 OBJECT_KEYS = frozenset(
     {"path", "store", "size", "ext", "is_dir", "item_count", "timestamp", "manifest"}
 )
-# Intent ids per ledger query; SQLite allows 999 parameters.
-_LEDGER_BATCH = 500
 
 Progress = Callable[[int, int], None]
 
@@ -270,7 +265,7 @@ class _Check:
         except FileNotFoundError:
             return set()
         except store_errors() as e:
-            raise _failed(store, "list", "_schema", e) from e
+            raise store.failure("list", "_schema", e) from e
         found = {str(n).rstrip("/").rsplit("/", 1)[-1] for n in names}
         return {n for n in found if layout.IDENT.fullmatch(n)}
 
@@ -279,21 +274,11 @@ class _Check:
         key = (store.url, schema)
         if key in self._objects:
             return self._objects[key]
-        prefix = f"_schema/{schema}"
-        top = store.full(prefix)
-        try:
-            store.fs.invalidate_cache(top)
-            listing = store.fs.find(top, detail=True, withdirs=False)
-        except FileNotFoundError:
-            listing = {}
-        except store_errors() as e:
-            raise _failed(store, "list", prefix, e) from e
+        listing = store.find(f"_schema/{schema}")
 
         grouped: dict[str, dict[str, int]] = defaultdict(dict)
         loose: dict[str, int] = {}
         for name, info in listing.items():
-            if info.get("type") == "directory":
-                continue
             rel = name[len(store.root) + 1:]
             size = int(info.get("size") or 0)
             owner = object_of(rel)
@@ -353,26 +338,7 @@ class _Check:
 
     def outcomes(self, schema: str, intents: set[str]) -> dict[str, str]:
         """The ledger's outcome of each intent that has one."""
-        db = self.db
-        if not intents or not db.table_exists(self.conn, schema, ledger.TABLE):
-            return {}
-        ordered = sorted(intents)
-        found: dict[str, str] = {}
-        for start in range(0, len(ordered), _LEDGER_BATCH):
-            batch = ordered[start:start + _LEDGER_BATCH]
-            cur = db.execute(
-                self.conn,
-                f"SELECT intent_id, outcome FROM {db.table(schema, ledger.TABLE)} "
-                f"WHERE intent_id IN ({', '.join([db.param] * len(batch))})",
-                batch,
-            )
-            found.update({str(i): str(o) for i, o in cur.fetchall()})
-        return found
-
-
-def _failed(store: Store, what: str, rel: str, e: BaseException) -> StoreError:
-    return StoreError(f"store {store.name!r} ({store.url}): cannot {what} {rel}: "
-                      f"{type(e).__name__}: {e}")
+        return ledger.read_many(self.db, self.conn, schema, intents)
 
 
 def _object_value(value: Any) -> dict[str, Any] | None:
@@ -412,17 +378,14 @@ def _manifest_problems(obj: _RowObject, found: dict[str, int]) -> list[Problem]:
     if not found:
         return [problem("missing_object", "", _files(len(manifest),
                         sum(manifest.values())), "nothing")]
-    problems = []
-    for rel, size in sorted(manifest.items()):
-        if rel not in found:
-            problems.append(problem("missing_file", rel, f"{size} bytes", "nothing"))
-        elif found[rel] != size:
-            problems.append(problem("size_mismatch", rel, f"{size} bytes",
-                                    f"{found[rel]} bytes"))
-    for rel in sorted(set(found) - set(manifest)):
-        problems.append(problem("unexpected_file", rel, "no file (not in the "
-                                "manifest)", f"{found[rel]} bytes"))
-    return problems
+    expected = {rel: f"{size} bytes" for rel, size in manifest.items()}
+    return [
+        problem(
+            kind, rel, expected.get(rel, "no file (not in the manifest)"),
+            f"{found[rel]} bytes" if rel in found else "nothing",
+        )
+        for kind, rel in compare_manifest(manifest, found)
+    ]
 
 
 def verify(

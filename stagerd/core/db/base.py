@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from stagerd.core import faults
-
-
-class Connection(Protocol):
-    def execute(self, sql: str, params: Any = ...) -> Any: ...
-    def close(self) -> None: ...
 
 
 class Database:
@@ -42,6 +37,10 @@ class Database:
         raise NotImplementedError
 
     def table_exists(self, conn: Any, schema: str, table: str) -> bool:
+        raise NotImplementedError
+
+    def json_text(self, column: str, key: str) -> str:
+        """SQL for the text at ``key`` of the JSON in ``column`` (quoted)."""
         raise NotImplementedError
 
     def is_duplicate(self, error: BaseException) -> bool:

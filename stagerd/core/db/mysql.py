@@ -20,7 +20,6 @@ from typing import Any
 
 import pymysql
 
-from stagerd.core import faults
 from stagerd.core.db.base import Database
 from stagerd.core.errors import ConfigError, DatabaseUnavailable, OutcomeUnknown
 
@@ -138,9 +137,8 @@ class MySQLDatabase(Database):
         conn.begin()
 
     def commit(self, conn: Any) -> None:
-        faults.point("db.commit")
         try:
-            conn.commit()
+            super().commit(conn)
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as e:
             code = e.args[0] if e.args else None
             if isinstance(e, pymysql.err.InterfaceError) or code in _CONNECTION_LOST:
