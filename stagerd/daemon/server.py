@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import grp
 import json
 import logging
@@ -99,18 +100,26 @@ class Peer:
         self.uid = uid
         self.attached: set[str] = set()
 
+    @functools.cached_property
+    def owner(self) -> owners.Owner | None:
+        """The process at the other end; None if it had already exited.
+
+        Identified once per connection: the kernel fixed the peer's pid.
+        """
+        return owners.identify(self.uid, self.pid)
+
     def may_act_on(self, intent: Intent) -> bool:
         """Commit, abort, stage into or see the whole of an intent."""
         return self.uid in (0, intent.owner.uid)
 
-    def may_attach(self, owner: owners.Owner, me: owners.Owner | None) -> bool:
+    def may_attach(self, owner: owners.Owner) -> bool:
         """Take an intent back: only the very process that registered it.
 
         Attaching says "this connection speaks for the owner", which no
         other process can say truthfully, root's included; root acts on
         other processes' intents through commit and abort.
         """
-        return me is not None and owner.same_process(me)
+        return self.owner is not None and owner.same_process(self.owner)
 
 
 def _setting(config: Config, key: str, default: float) -> float:
@@ -539,13 +548,20 @@ class Daemon:
         """
         current = owners.boot_id()
         retrying = self.resolver.retrying
+        alive: dict[owners.Owner, bool] = {}  # one /proc read per owner a pass
+
+        def dead(owner: owners.Owner) -> bool:
+            if owner not in alive:
+                alive[owner] = owner.is_alive(current)
+            return not alive[owner]
+
         due = [
             intent
             for intent in list(self.pending.values())
             if (uid is None or intent.owner.uid == uid)
             and not self.resolver.busy(intent.id)
             and (force or self.resolver.due(intent.id))
-            and (intent.id in retrying or not intent.owner.is_alive(current))
+            and (intent.id in retrying or dead(intent.owner))
         ]
         results = await asyncio.gather(
             *(self._resolve(i, retrying.get(i.id, True)) for i in due)
@@ -757,7 +773,7 @@ class Daemon:
 
         intent_id = message.get("intent")
         if intent_id is None:
-            owner = owners.identify(peer.uid, peer.pid)
+            owner = peer.owner
             if owner is None:
                 raise StagingError(f"process {peer.pid} exited while registering")
             intent = Intent(
@@ -854,7 +870,7 @@ class Daemon:
             )
         await asyncio.to_thread(self._check_committed, schema, entries)
 
-        owner = owners.identify(peer.uid, peer.pid)
+        owner = peer.owner
         if owner is None:
             raise StagingError(f"process {peer.pid} exited while deleting")
         intent = Intent(
@@ -913,7 +929,6 @@ class Daemon:
                 f"attach: at most {MAX_OBJECTS_PER_INTENT} intents at once, "
                 f"got {len(ids)}"
             )
-        me = owners.identify(peer.uid, peer.pid)
         states = {}
         for intent_id in ids:
             if not isinstance(intent_id, str):
@@ -925,7 +940,7 @@ class Daemon:
                 allowed = owner is None or peer.uid in (0, owner.uid)
             else:
                 owner, state = intent.owner, PENDING
-                allowed = peer.may_attach(owner, me)
+                allowed = peer.may_attach(owner)
             if owner is not None and not allowed:
                 raise NotOwnerError(
                     f"intent {intent_id} belongs to pid {owner.pid} of uid "
