@@ -329,6 +329,18 @@ def spawn(deployment: Deployment):
                 stream.close()
 
 
+def register_fields(
+    deployment: Deployment, recording_id: str = "a", **over: Any
+) -> dict[str, Any]:
+    """A register request's fields for the test tables' ``recording.raw``."""
+    return {
+        "schema": schema_name("imaging"), "table": "recording",
+        "key": {"recording_id": recording_id}, "field": "raw", "ext": ".bin",
+        "store": "default", "store_url": deployment.store_url,
+        "database": deployment.db.identity, **over,
+    }
+
+
 def wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import lab
+from conftest import register_fields as fields
 from conftest import wait_until
 from stagerd.core import ledger, protocol
 from stagerd.core.errors import ProtocolError
@@ -160,15 +161,6 @@ def root(deployment, daemon):
 def ask(sock: socket.socket, op: str, **fields: Any) -> dict[str, Any]:
     protocol.send(sock, {"v": protocol.VERSION, "id": 1, "op": op, **fields})
     return protocol.recv(sock)
-
-
-def fields(deployment, recording_id: str, **over: Any) -> dict[str, Any]:
-    return {
-        "schema": lab.schema_name("imaging"), "table": "recording",
-        "key": {"recording_id": recording_id}, "field": "raw", "ext": ".bin",
-        "store": "default", "store_url": deployment.store_url,
-        "database": deployment.db.identity, **over,
-    }
 
 
 def write(deployment, path: str, data: str) -> Path:

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lab
-from conftest import wait_until
+from conftest import register_fields, wait_until
 from stagerd.core import protocol
 from stagerd.daemon.server import LOG_NAME
 from test_access import AsUser, needs_root
@@ -90,15 +90,6 @@ def honest(deployment, daemon, client_config):
 
 def rss_mib(daemon) -> float:
     return fuzz.rss_kib(daemon.proc.pid) / 1024
-
-
-def register_fields(deployment) -> dict[str, Any]:
-    return {
-        "schema": lab.schema_name("imaging"), "table": "recording",
-        "key": {"recording_id": "fuzz"}, "field": "raw", "ext": ".bin",
-        "store": "default", "store_url": deployment.store_url,
-        "database": deployment.db.identity,
-    }
 
 
 # What each field must be; a value of another type must be refused.
@@ -176,7 +167,7 @@ class Prober:
 
 def test_every_field_of_every_op_refuses_wrong_types(deployment, daemon, honest):
     prober = Prober(deployment)
-    requests = fuzz.requests(register_fields(deployment))
+    requests = fuzz.requests(register_fields(deployment, "fuzz"))
     for i, (op, request) in enumerate(requests.items()):
         if i == len(requests) // 2:
             honest.insert()
@@ -194,7 +185,7 @@ def test_every_field_of_every_op_refuses_wrong_types(deployment, daemon, honest)
 
 def test_big_keys_neither_pass_nor_break_status(deployment, daemon, honest):
     sock = protocol.connect(deployment.socket, timeout=30)
-    fields = register_fields(deployment)
+    fields = register_fields(deployment, "fuzz")
     protocol.send(sock, {"v": 1, "op": "register",
                          **{**fields, "key": {"recording_id": "x" * 9000}}})
     reply = protocol.recv(sock)
@@ -243,7 +234,7 @@ def test_hypothesis_messages_get_a_reply_and_the_daemon_serves_on(
     deployment, daemon, honest
 ):
     prober = Prober(deployment)
-    requests = fuzz.requests(register_fields(deployment))
+    requests = fuzz.requests(register_fields(deployment, "fuzz"))
 
     @settings(max_examples=400, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow,
@@ -264,8 +255,9 @@ def test_hypothesis_messages_get_a_reply_and_the_daemon_serves_on(
 def test_fuzz_run_with_an_honest_client_in_the_middle(deployment, daemon, honest):
     before = rss_mib(daemon)
     result: list[fuzz.Tally] = []
+    fields = register_fields(deployment, "fuzz")
     run = threading.Thread(target=lambda: result.append(fuzz.fuzz(
-        deployment.socket, register_fields(deployment), seconds=4, connections=3,
+        deployment.socket, fields, seconds=4, connections=3,
     )))
     run.start()
     time.sleep(1)

@@ -15,13 +15,13 @@ import time
 import pytest
 
 import lab
-from conftest import HERE, DaemonProcess, holder, wait_until
+from conftest import HERE, DaemonProcess, holder, register_fields, wait_until
 from stagerd.core import protocol
 from stagerd.core.errors import StagerdError
 from stagerd.daemon import owners
 from stagerd.daemon.intents import Intent, IntentLog, ObjectEntry
 from stagerd.daemon.server import LOG_NAME
-from test_systemd import served_daemons
+from test_systemd import served  # noqa: F401  (the fixture)
 
 RAW_CLIENT = f"""
 import sys
@@ -46,11 +46,6 @@ with lab.Recording.staged_insert1 as staged:
         f.write(b"all of it")
 print("COMMITTED", flush=True)
 """
-
-
-@pytest.fixture
-def served(deployment):
-    yield from served_daemons(deployment)
 
 
 def _raw_store(deployment) -> dict:
@@ -84,13 +79,8 @@ def test_sigterm_keeps_pending_intents_for_the_next_start(deployment, daemon, sp
 
 
 def _register(deployment, n: int) -> dict:
-    return {
-        "v": protocol.VERSION, "id": n, "op": "register",
-        "schema": lab.schema_name("imaging"), "table": "recording",
-        "key": {"recording_id": f"r{n}"}, "field": "raw", "ext": ".bin",
-        "store": "default", "store_url": deployment.store_url,
-        "database": deployment.db.identity,
-    }
+    return {"v": protocol.VERSION, "id": n, "op": "register",
+            **register_fields(deployment, f"r{n}")}
 
 
 def test_sigterm_while_registrations_stream_in(deployment, daemon):

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from conftest import register_fields as fields
 from stagerd.core import protocol
 from stagerd.core.errors import NotOwnerError, ProtocolError, StagingError
 
@@ -77,16 +78,6 @@ def test_truncated_message_then_hangup(deployment, daemon):
     s.sendall(struct.pack(">I", 100) + b'{"v": 1, "op"')
     s.close()
     still_serves(deployment)
-
-
-def fields(deployment, **over):
-    base = {
-        "schema": "imaging", "table": "recording", "key": {"recording_id": "a"},
-        "field": "raw", "ext": ".bin", "store": "default",
-        "store_url": deployment.store_url,
-        "database": deployment.db.identity,
-    }
-    return {**base, **over}
 
 
 @pytest.mark.parametrize("over, message", [
