@@ -240,35 +240,38 @@ class IntentLog:
 
     # Keeping the log small.
 
-    def prune(self, before: float, limit: int = 5000) -> int:
+    @staticmethod
+    def forget_decided(before: float, limit: int = 5000) -> Op:
         """Forget up to ``limit`` decided intents decided before ``before``.
 
-        Pending intents are never touched. Returns how many were removed;
-        call again while that equals ``limit``, so that one long transaction
-        does not hold up registrations. Then :meth:`checkpoint`.
+        Pending intents are never touched. The op returns how many were
+        removed; run it again while that equals ``limit``, so that one long
+        transaction does not hold up registrations. Then :meth:`checkpoint`.
         """
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.execute(
+
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS doomed (id TEXT PRIMARY KEY)"
             )
-            self.conn.execute("DELETE FROM doomed")
-            self.conn.execute(
+            conn.execute("DELETE FROM doomed")
+            conn.execute(
                 "INSERT INTO doomed SELECT id FROM intents"
                 " WHERE state IN (?, ?) AND decided_at < ? LIMIT ?",
                 (COMMITTED, ABORTED, before, limit),
             )
-            self.conn.execute(
+            conn.execute(
                 "DELETE FROM objects WHERE intent_id IN (SELECT id FROM doomed)"
             )
-            removed = self.conn.execute(
+            return conn.execute(
                 "DELETE FROM intents WHERE id IN (SELECT id FROM doomed)"
             ).rowcount
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        return op
+
+    def prune(self, before: float, limit: int = 5000) -> int:
+        """:meth:`forget_decided` in a transaction of its own; how many went."""
+        [removed] = self.apply([self.forget_decided(before, limit)])
+        if isinstance(removed, Exception):
+            raise removed
         return removed
 
     def checkpoint(self) -> tuple[int, int]:

@@ -528,7 +528,9 @@ class Daemon:
         before = time.time() - days * 86400
         removed = 0
         while True:
-            n = await self.writer.read(lambda lg: lg.prune(before, PRUNE_BATCH))
+            n = await self.writer.submit(
+                IntentLog.forget_decided(before, PRUNE_BATCH)
+            )
             removed += n
             if n < PRUNE_BATCH:
                 break
