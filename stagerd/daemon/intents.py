@@ -232,6 +232,29 @@ class IntentLog:
             intents[intent_id].objects.append(ObjectEntry(*entry))
         return list(intents.values())
 
+    def owner_and_state(self, intent_id: str) -> tuple[Owner | None, str | None]:
+        """An intent's owner and state; (None, None) if the log has no such id."""
+        row = self.conn.execute(
+            "SELECT state, uid, pid, start_time, boot_id FROM intents WHERE id = ?",
+            (intent_id,),
+        ).fetchone()
+        return (None, None) if row is None else (Owner(*row[1:]), row[0])
+
+    def allocated(self, intent_id: str, store: str, path: str) -> bool | None:
+        """Whether the log gave ``path`` to the staging intent ``intent_id``.
+
+        None if the log does not know the intent (pruned, or another host's).
+        """
+        known = self.conn.execute(
+            "SELECT kind FROM intents WHERE id = ?", (intent_id,)
+        ).fetchone()
+        if known is None:
+            return None
+        return known[0] == "stage" and self.conn.execute(
+            "SELECT 1 FROM objects WHERE intent_id = ? AND store = ? AND path = ?",
+            (intent_id, store, path),
+        ).fetchone() is not None
+
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute(
             "SELECT state, count(*) FROM intents GROUP BY state"

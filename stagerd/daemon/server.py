@@ -955,14 +955,7 @@ class Daemon:
 
     async def _finished(self, intent_id: str) -> tuple[owners.Owner | None, str | None]:
         """Owner and state of an intent no longer pending; Nones if unknown."""
-        def read(lg: IntentLog) -> tuple[owners.Owner | None, str | None]:
-            row = lg.conn.execute(
-                "SELECT state, uid, pid, start_time, boot_id FROM intents"
-                " WHERE id = ?", (intent_id,)
-            ).fetchone()
-            return (None, None) if row is None else (owners.Owner(*row[1:]), row[0])
-
-        return await self.writer.read(read)
+        return await self.writer.read(lambda lg: lg.owner_and_state(intent_id))
 
     async def _op_status(self, message: dict[str, Any], peer: Peer) -> dict:
         """The daemon, and the pending intents as far as one reply holds them.
@@ -1018,16 +1011,7 @@ def _not_allocated(lg: IntentLog, entries: list[ObjectEntry]) -> str | None:
     """
     for entry in entries:
         made_by = layout.parse_object_path(entry.path)[3]
-        known = lg.conn.execute(
-            "SELECT kind FROM intents WHERE id = ?", (made_by,)
-        ).fetchone()
-        if known is None:
-            continue
-        allocated = known[0] == "stage" and lg.conn.execute(
-            "SELECT 1 FROM objects WHERE intent_id = ? AND store = ? AND path = ?",
-            (made_by, entry.store, entry.path),
-        ).fetchone()
-        if not allocated:
+        if lg.allocated(made_by, entry.store, entry.path) is False:
             return entry.path
     return None
 
