@@ -48,6 +48,7 @@ Notes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sqlite3
@@ -147,12 +148,22 @@ def object_of(rel: str) -> str | None:
     for i in range(3, len(parts)):
         if "=" not in parts[i]:
             candidate = "/".join(parts[: i + 1])
-            try:
-                layout.parse_object_path(candidate)
-            except StagingError:
-                return None
-            return candidate
+            return candidate if _is_object_path(candidate) else None
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_object_path(candidate: str) -> bool:
+    """Whether the layout can have made ``candidate``.
+
+    Cached: an object of many files (Zarr chunks) is parsed once, not once
+    per file.
+    """
+    try:
+        layout.parse_object_path(candidate)
+    except StagingError:
+        return False
+    return True
 
 
 @dataclasses.dataclass
