@@ -431,17 +431,54 @@ NOBODY = 65534
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
-def _python_for_nobody() -> tuple[list[str], dict[str, str]]:
+# Lists where each module the daemon imports was loaded from.
+IMPORTED_FROM = """
+import sys, stagerd.cli
+for name, module in sorted(sys.modules.items()):
+    if "." not in name and getattr(module, "__file__", None):
+        print(module.__file__)
+"""
+
+
+def _readable_copy(into: Path) -> Path:
+    """Copy the packages the daemon imports to ``into``, open to everyone.
+
+    The test venv and the checkout may sit in folders other users cannot
+    enter (under /root, or in a 0700 temp dir), so user nobody gets copies.
+    """
+    found = subprocess.run([sys.executable, "-c", IMPORTED_FROM], check=True,
+                           capture_output=True, text=True).stdout.split()
+    stdlib = Path(os.__file__).parent
+    for file in map(Path, found):
+        if file.is_relative_to(stdlib):
+            continue
+        source = file.parent if file.name == "__init__.py" else file
+        target = into / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+    for path in [into, *into.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return into
+
+
+@pytest.fixture
+def packages_for_nobody():
+    packages = Path(tempfile.mkdtemp(prefix="stagerd-packages-"))
+    yield packages
+    shutil.rmtree(packages)
+
+
+def _python_for_nobody(packages: Path) -> tuple[list[str], dict[str, str]]:
     """A python that user nobody can run with stagerd importable, or skip.
 
-    The test venv's interpreter lives under /root, which nobody cannot
-    enter; the system python of the same version can import the same
-    packages if their folders are open to other users.
+    The system python of the test's version imports readable copies of the
+    packages the daemon needs.
     """
     if os.geteuid() != 0:
         pytest.skip("needs root to start a daemon as another user")
-    paths = [str(HERE.parent), *(p for p in sys.path if p.endswith("site-packages"))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    env = {**os.environ, "PYTHONPATH": str(_readable_copy(packages))}
     command = [str(SYSTEM_PYTHON), "-c", "import stagerd.daemon.server"]
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"no {SYSTEM_PYTHON} to run a daemon as user nobody")
@@ -453,9 +490,9 @@ def _python_for_nobody() -> tuple[list[str], dict[str, str]]:
     return [str(SYSTEM_PYTHON), "-m", "stagerd"], env
 
 
-def test_unprivileged_daemon_falls_back_to_its_own_group():
+def test_unprivileged_daemon_falls_back_to_its_own_group(packages_for_nobody):
     """As under systemd's User=: the socket group is one it is not in."""
-    command, env = _python_for_nobody()
+    command, env = _python_for_nobody(packages_for_nobody)
     group = _other_group()
     root = Path(tempfile.mkdtemp(prefix="stagerd-nobody-"))
     try:
